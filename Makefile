@@ -1,0 +1,70 @@
+# daisi-ws developer commands. Every target sets up .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp-install
+NATIVE_SOURCES := $(wildcard csrc/daisi_ws/_native/*.pyx csrc/daisi_ws/_native/*.pxd)
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+BENCH  := $(PYTEST) benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+
+.PHONY: install serve test test-native test-pure lint benchmark benchmark-auth benchmark-conn \
+        benchmark-msg benchmark-session benchmark-integration benchmark-hotpath \
+        benchmark-compare benchmark-report profile wheel clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+serve: $(STAMP)
+	$(VENV)/bin/daisi-ws serve
+
+lint: $(STAMP)
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m mypy
+
+test: lint test-native test-pure
+	$(PYTEST) benchmarks -q --benchmark-disable
+
+test-native: $(STAMP)
+	$(PY) -c 'import daisi_ws.hotpath as h, sys; sys.exit(0 if h.NATIVE else "compiled extensions did not load")'
+	$(PYTEST) tests -q
+
+test-pure: $(STAMP)
+	DAISI_WS_NO_EXTENSIONS=1 $(PYTEST) tests -q
+
+benchmark: $(STAMP)
+	$(BENCH) --benchmark-autosave
+
+benchmark-auth: $(STAMP)
+	$(BENCH) benchmarks/test_bench_auth.py
+benchmark-conn: $(STAMP)
+	$(BENCH) benchmarks/test_bench_connections.py
+benchmark-msg: $(STAMP)
+	$(BENCH) benchmarks/test_bench_messages.py
+benchmark-session: $(STAMP)
+	$(BENCH) benchmarks/test_bench_sessions.py
+benchmark-integration: $(STAMP)
+	$(BENCH) benchmarks/test_bench_integration.py
+benchmark-hotpath: $(STAMP)
+	$(BENCH) benchmarks/test_bench_hotpath.py
+
+benchmark-compare: $(STAMP)
+	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:10%
+
+benchmark-report: $(STAMP)
+	$(PY) benchmarks/report.py
+
+profile: $(STAMP)
+	$(PY) benchmarks/profile_run.py
+
+wheel: $(STAMP)
+	$(PY) -m pip install -q build
+	$(PY) -m build --wheel
+
+clean:
+	rm -rf build dist *.egg-info python/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find python -name '*.so' -delete; find csrc -name '*.c' -delete

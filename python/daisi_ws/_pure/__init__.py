@@ -1,0 +1,1 @@
+"""Pure-Python twins of the compiled hot paths (same names, same behaviour)."""

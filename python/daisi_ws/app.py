@@ -1,0 +1,196 @@
+"""Composition root: build every part from Settings, start, reload on SIGHUP, drain, stop.
+
+The only module that knows the gateway, the auth service and the cluster backends at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+
+from daisi_ws import __version__, hotpath
+from daisi_ws.auth import AuthService
+from daisi_ws.auth.tokens import TokenCipher, mint_user_token, parse_aes_key
+from daisi_ws.cluster.base import Backend
+from daisi_ws.cluster.embedded import EmbeddedBackend
+from daisi_ws.config import (
+    ConfigError,
+    Settings,
+    get_value,
+    keep_restart_keys,
+    load_settings,
+    with_ephemeral_keys,
+)
+from daisi_ws.gateway.server import Gateway
+from daisi_ws.log import Logger, configure
+from daisi_ws.metrics import Metrics, metrics
+
+
+def build_auth(settings: Settings) -> AuthService:
+    return AuthService(**auth_kwargs(settings))
+
+
+def auth_kwargs(settings: Settings) -> dict[str, Any]:
+    a = settings.auth
+    return {
+        "token_aes_key": a.token_aes_key,
+        "admin_token_aes_key": a.admin_token_aes_key,
+        "jwt_secret": a.jwt_secret,
+        "token_cache_ttl_seconds": a.token_cache_ttl_seconds,
+        "admin_token_cache_ttl_seconds": a.admin_token_cache_ttl_seconds,
+        "token_cache_max_entries": a.token_cache_max_entries,
+    }
+
+
+def build_backend(settings: Settings, m: Metrics, log: Logger) -> Backend:
+    if settings.embedded:
+        return EmbeddedBackend(settings.server.pod_id)
+    from daisi_ws.cluster.shared import SharedBackend
+
+    return SharedBackend(settings, m, log)
+
+
+class App:
+    def __init__(self, settings: Settings, cli_config: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.cli_config = cli_config
+        self.env = env
+        self.settings, self.generated = with_ephemeral_keys(settings)
+        self.log = configure(settings.app.service_name, settings.log.level)
+        self.metrics = metrics()
+        self.metrics.build_info.labels(settings.app.version, "true" if hotpath.NATIVE else "false").set(1)
+        self.auth = build_auth(self.settings)
+        self.backend = build_backend(self.settings, self.metrics, self.log)
+        self.gateway = Gateway(self.settings, self.auth, self.backend, self.metrics, self.log)
+        self.backend.attach(self.gateway)
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    # --- run ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for w in self.settings.warnings:
+            self.log.warn(w)
+        if not self.settings.app.allowed_origins:
+            self.log.warn("app.allowed_origins is empty: WebSocket connections from any Origin are accepted")
+        if not self.settings.embedded:
+            for key in ("secret_token", "admin_secret_token", "token_aes_key", "admin_token_aes_key"):
+                if not getattr(self.settings.auth, key):
+                    self.log.warn(f"auth.{key} is not configured: the endpoints that need it answer 500")
+        started = time.monotonic()
+        try:
+            await self.backend.start()
+            await self.gateway.start()
+        except OSError as exc:
+            self.log.error("cannot listen", error=str(exc), host=self.settings.server.host, port=self.settings.server.http_port)
+            await self.backend.stop()
+            return 1
+        s = self.settings.server
+        self.log.info(
+            "listening",
+            pod_id=s.pod_id,
+            host=s.host,
+            port=self.gateway.port,
+            mode=self.backend.mode,
+            native=hotpath.NATIVE,
+            version=__version__,
+            startup_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        if self.generated:
+            print_ephemeral_banner(self.settings, self.gateway.port, self.generated)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(1)  # a second signal: leave now (SPEC §10.2)
+        self.log.info("shutting down")
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        timeout = float(self.settings.app.shutdown_timeout_seconds)
+        deadline = time.monotonic() + timeout
+        self.gateway.stop_accepting()
+        try:
+            await asyncio.wait_for(self.backend.stop_intake(), max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - keep draining whatever failed
+            self.log.warn("stopping intake failed", error=repr(exc))
+        await self.gateway.drain(max(0.1, deadline - time.monotonic() - 0.5))
+        try:
+            await asyncio.wait_for(self.backend.stop(), max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001
+            self.log.warn("closing backends failed", error=repr(exc))
+        self.log.info("stopped")
+
+    # --- reload (SPEC §8.2) -------------------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            fresh = load_settings(self.cli_config, self.env)
+        except ConfigError as exc:
+            self.log.error("config reload rejected; keeping the running config", error=str(exc))
+            return
+        fresh, _ = with_ephemeral_keys(fresh, reuse=self.generated)  # ephemeral keys survive
+        fresh, restart = keep_restart_keys(self.settings, fresh)
+        if restart:
+            self.log.warn("config keys changed that need restart", keys=restart)
+        self.settings = fresh
+        configure(fresh.app.service_name, fresh.log.level)
+        self.auth.reload(**auth_kwargs(fresh))
+        self.gateway.apply_settings(fresh)
+        reload_backend = getattr(self.backend, "apply_settings", None)
+        if reload_backend is not None:
+            reload_backend(fresh)
+        self.log.info("config reloaded")
+
+
+def print_ephemeral_banner(settings: Settings, port: int, generated: dict[str, str]) -> None:
+    """Embedded mode without keys: show the generated ones and a ready-to-run example."""
+    a = settings.auth
+    cipher = TokenCipher(parse_aes_key(a.token_aes_key))
+    expires = datetime.now(timezone.utc) + timedelta(hours=24)
+    token = mint_user_token(cipher, "demo", "demo", "demo", expires)
+    url = f"ws://127.0.0.1:{port}/ws/demo/demo?token={quote(token, safe='')}&x-api-key={quote(a.secret_token, safe='')}"
+    lines = [
+        "",
+        "=" * 78,
+        "daisi-ws is running in EMBEDDED mode (no NATS, no Redis) with EPHEMERAL keys.",
+        "These keys were generated for this process only and VANISH ON RESTART:",
+    ]
+    for dotted in sorted(generated):
+        lines.append(f"  {dotted} = {get_value(settings, dotted)}")
+    lines += [
+        "",
+        "Try it: connect a WebSocket client (24 h token for company/agent/user 'demo'):",
+        f"  {url}",
+        "",
+        "then publish an event to it:",
+        f"  daisi-ws publish --url http://127.0.0.1:{port} --api-key {a.admin_secret_token} \\",
+        "    websocket.demo.demo.chats '{\"event_id\":\"e1\",\"row_data\":{\"hello\":\"world\"}}'",
+        "",
+        "Set auth.* (or DAISI_WS_AUTH_* env vars) to keep keys across restarts.",
+        "=" * 78,
+        "",
+    ]
+    sys.stderr.write("\n".join(lines))
+    sys.stderr.flush()
+
+
+def run_server(cli_config: str | None) -> int:
+    try:
+        settings = load_settings(cli_config)
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {exc}\n")
+        return 2
+    app = App(settings, cli_config)
+    return asyncio.run(app.run())

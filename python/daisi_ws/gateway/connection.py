@@ -1,0 +1,281 @@
+"""One upgraded WebSocket: an asyncio protocol around websockets' sans-I/O ServerProtocol.
+
+websockets parses inbound frames and produces control frames (pong, close); data frames go
+straight from the socket's SendQueue to the transport, encoded once per event by the hub.
+No Task per socket: heartbeats come from the gateway's sweep, writes from the hub's flush.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from daisi_ws import hotpath
+from daisi_ws.protocol import (
+    CLOSE_TOO_BIG,
+    REASON_SLOW_CONSUMER,
+    REASON_TOO_BIG,
+    ErrorTriple,
+)
+
+if TYPE_CHECKING:
+    from daisi_ws.gateway.server import Gateway
+
+USER = "user"
+ADMIN = "admin"
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_PONG = Opcode.PONG
+_CLOSE = Opcode.CLOSE
+_OPEN = State.OPEN
+
+# Fragment reassembly modes.
+_NO_FRAGMENTS = 0
+_TEXT_FRAGMENTS = 1
+_SKIP_FRAGMENTS = 2  # binary messages are ignored, fragments included
+
+
+class FrameProtocol(ServerProtocol):
+    """websockets' frame parser with SPEC's 1009 reason (its own names the sizes)."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == CLOSE_TOO_BIG:
+            reason = REASON_TOO_BIG
+        super().fail(code, reason)
+
+
+def encode_error(error: ErrorTriple) -> bytes:
+    code, message, details = error
+    payload = {"code": code, "message": message, "details": details} if details else {
+        "code": code,
+        "message": message,
+    }
+    return orjson.dumps({"type": "error", "payload": payload})
+
+
+class Connection(hotpath.SendQueue):  # type: ignore[misc,valid-type]
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_frag_mode",
+        "_fragments",
+        "_inbox",
+        "admin_filter",
+        "agent",
+        "chat",
+        "claims",
+        "close_deadline",
+        "company",
+        "deflate_bits",
+        "ended",
+        "gw",
+        "kind",
+        "last_pong",
+        "next_ping",
+        "opened_at",
+        "proto",
+        "request_id",
+        "session_key",
+    )
+
+    def __init__(
+        self,
+        gw: Gateway,
+        proto: ServerProtocol,
+        kind: str,
+        session_key: str,
+        claims: Any,
+        request_id: str,
+        deflate_bits: int,
+    ) -> None:
+        settings = gw.settings.app
+        super().__init__(settings.websocket_message_buffer_size, gw.drop_policy, gw.drop_stats)
+        self.gw = gw
+        self.proto = proto
+        self.kind = kind
+        self.session_key = session_key
+        self.claims = claims
+        self.request_id = request_id
+        self.deflate_bits = deflate_bits
+        if kind == USER:
+            self.company: str = claims.company_id
+            self.agent: str = claims.agent_id
+            self.admin_filter: tuple[str, str] | None = None
+        else:
+            self.company = self.agent = ""
+            self.admin_filter = (
+                claims.subscribed_company_id or "*",
+                claims.subscribed_agent_id or "*",
+            )
+        self.chat: str | None = None
+        now = time.monotonic()
+        self.opened_at = now
+        self.last_pong = now
+        self.next_ping = now + gw.settings.app.ping_interval_seconds
+        self.close_deadline = 0.0
+        self.ended = False
+        self._frag_mode = _NO_FRAGMENTS
+        self._fragments: list[bytes] | None = None
+        self._inbox: deque[bytes] | None = None
+        self._busy = False
+
+    # --- asyncio protocol -------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:  # set_protocol() does not call this
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        try:
+            proto.receive_data(data)
+        except EOFError:
+            return
+        for frame in proto.events_received():
+            self._on_frame(frame)
+        self._send_protocol_data()
+        if proto.state is not _OPEN and not self.ended:
+            # peer's close frame, or a protocol error / oversize message (1002/1007/1009)
+            self.gw.end(self)
+            self._expect_close()
+
+    def eof_received(self) -> bool:
+        self.proto.receive_eof()
+        self._send_protocol_data()
+        return False  # let asyncio close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.discard_pending()
+        self.gw.end(self)
+        self.gw.closing.discard(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.flush()
+
+    # --- inbound ----------------------------------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is _TEXT:
+            if frame.fin:
+                self._on_text(frame.data)
+            else:
+                self._frag_mode = _TEXT_FRAGMENTS
+                self._fragments = [frame.data]
+        elif op is _CONT:
+            if self._frag_mode == _TEXT_FRAGMENTS:
+                assert self._fragments is not None
+                self._fragments.append(frame.data)
+                if frame.fin:
+                    data = b"".join(self._fragments)
+                    self._fragments = None
+                    self._frag_mode = _NO_FRAGMENTS
+                    self._on_text(data)
+            elif frame.fin:
+                self._frag_mode = _NO_FRAGMENTS
+        elif op is _BINARY:
+            if not frame.fin:
+                self._frag_mode = _SKIP_FRAGMENTS
+        elif op is _PONG:
+            self.last_pong = time.monotonic()
+        # PING: websockets queued the pong; CLOSE: handled after the loop
+
+    def _on_text(self, data: bytes) -> None:
+        if self.kind != USER or self.ended:
+            return  # admin sockets: everything the client sends is ignored (SPEC §4.3)
+        if self._busy:
+            if self._inbox is None:
+                self._inbox = deque()
+            self._inbox.append(data)
+            return
+        pending = self.gw.handle_client_text(self, data)
+        if pending is not None:
+            self._busy = True
+            self.gw.spawn(self._drain(pending))
+
+    async def _drain(self, pending: Any) -> None:
+        """Finish an asynchronous select_chat, then the messages that queued behind it."""
+        try:
+            await pending
+            while self._inbox and not self.ended:
+                nxt = self.gw.handle_client_text(self, self._inbox.popleft())
+                if nxt is not None:
+                    await nxt
+        finally:
+            self._busy = False
+            self._inbox = None
+
+    def invalid_utf8(self, exc: UnicodeDecodeError) -> None:
+        self.proto.fail(1007, f"{exc.reason} at position {exc.start}")
+        self._send_protocol_data()
+        if not self.ended:
+            self.gw.end(self)
+            self._expect_close()
+
+    # --- outbound ---------------------------------------------------------------------------
+    def send_envelope(self, envelope: bytes) -> bool:
+        """Queue one JSON text frame (ready, error, ack) behind already queued events."""
+        return self.gw.hub.send(self, self.gw.hub.encode_for(self, envelope))
+
+    def send_error(self, error: ErrorTriple) -> None:
+        if self.send_envelope(encode_error(error)):
+            self.gw.metrics.sent_error.inc()
+
+    def _send_protocol_data(self) -> None:
+        transport = self.transport
+        for data in self.proto.data_to_send():
+            if data:
+                if not transport.is_closing():
+                    transport.write(data)
+            else:
+                transport.close()  # websockets signals "half-close": the server closes TCP
+
+    def ping(self, now: float) -> None:
+        if self.proto.state is _OPEN:
+            self.proto.send_ping(b"")
+            self._send_protocol_data()
+        self.next_ping = now + self.gw.settings.app.ping_interval_seconds
+
+    def close(self, code: int, reason: str, error: ErrorTriple | None = None, deliver_queued: bool = True) -> None:
+        """Server-initiated close: queued frames (if writable), error frame, close frame."""
+        if self.ended:
+            return
+        if deliver_queued and not self.overflow:
+            self.flush()
+        self.closed = True
+        self.discard_pending()
+        transport = self.transport
+        if error is not None and not transport.is_closing():
+            transport.write(self.gw.hub.encode_for(self, encode_error(error)))
+            self.gw.metrics.sent_error.inc()
+        if self.proto.state is _OPEN:
+            self.proto.send_close(code, reason)
+            self._send_protocol_data()
+        self.gw.end(self)
+        self._expect_close()
+
+    def _expect_close(self) -> None:
+        """Wait at most write_timeout for the peer's close, then drop TCP (the sweep does)."""
+        if not self.transport.is_closing():
+            self.close_deadline = time.monotonic() + self.gw.settings.app.write_timeout_seconds
+            self.gw.closing.add(self)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def on_overflow(self) -> None:
+        """The drop policy (close, block) demands a 1008 close (SPEC §4.5)."""
+        if self.ended:
+            return
+        self.gw.metrics.slow_clients.inc()
+        self.close(1008, REASON_SLOW_CONSUMER, deliver_queued=False)

@@ -1,0 +1,526 @@
+"""Plain HTTP on the gateway's one port (h11), and the WebSocket opening handshake.
+
+One `HttpProtocol` per TCP connection parses requests with h11 (keep-alive, pipelining,
+1 MiB body cap). A request for `/ws/...` that passes SPEC §3.1's checks is answered with
+101 and the transport is handed to a `Connection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+import h11
+import orjson
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response as WsResponse
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from daisi_ws.auth import AuthError
+from daisi_ws.auth.apikeys import check_api_key, extract_api_key
+from daisi_ws.cluster.base import LockError
+from daisi_ws.gateway.connection import ADMIN, USER, Connection, FrameProtocol
+from daisi_ws.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from daisi_ws.protocol import (
+    ADMIN_KEY_MISSING,
+    BAD_REQUEST,
+    FORBIDDEN,
+    INTERNAL_SERVER_ERROR,
+    INVALID_API_KEY,
+    admin_session_key,
+    user_session_key,
+)
+
+if TYPE_CHECKING:
+    from daisi_ws.gateway.server import Gateway
+
+MAX_BODY = 1 << 20
+SUBPROTOCOL = "json.v1"
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+
+class HttpReply:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+def json_reply(status: int, obj: Any) -> HttpReply:
+    return HttpReply(status, orjson.dumps(obj) + b"\n", [(b"content-type", JSON)])
+
+
+def error_reply(status: int, code: str, message: str, details: str = "") -> HttpReply:
+    body: dict[str, str] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return json_reply(status, body)
+
+
+def text_reply(status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> HttpReply:
+    return HttpReply(status, text.encode(), [(b"content-type", TEXT), *(headers or [])])
+
+
+NOT_FOUND = ("404 page not found\n",)
+
+
+def not_found() -> HttpReply:
+    return text_reply(404, "404 page not found\n")
+
+
+def method_not_allowed(allow: str) -> HttpReply:
+    return text_reply(405, "Method Not Allowed\n", [(b"allow", allow.encode())])
+
+
+# --- API keys (SPEC §1.2) ------------------------------------------------------------------
+GENERAL_KEY_ERRORS = {
+    "missing": (401, INVALID_API_KEY, "API key is required", "Provide API key in X-API-Key header or x-api-key query parameter."),
+    "wrong": (401, INVALID_API_KEY, "Invalid API key", "The provided API key is not valid."),
+    "unset": (500, INTERNAL_SERVER_ERROR, "Server configuration error", "API authentication cannot be performed."),
+}
+ADMIN_KEY_ERRORS = {
+    "missing": (401, ADMIN_KEY_MISSING, "Admin API key is required", "Provide admin API key in X-API-Key header or x-api-key query parameter."),
+    "wrong": (403, FORBIDDEN, "Invalid admin API key", "The provided admin API key is not valid."),
+    "unset": (500, INTERNAL_SERVER_ERROR, "Server configuration error", "Admin auth cannot be performed."),
+}
+
+
+class Req:
+    """One parsed HTTP request."""
+
+    __slots__ = ("body", "headers", "http_version", "method", "path", "query", "raw_headers", "request_id", "target")
+
+    def __init__(self, event: h11.Request) -> None:
+        self.method = event.method.decode("ascii", "replace")
+        self.target = event.target.decode("latin-1")
+        self.http_version = event.http_version.decode("ascii", "replace")
+        self.raw_headers: list[tuple[bytes, bytes]] = list(event.headers)
+        headers: dict[str, str] = {}
+        for name, value in self.raw_headers:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        self.headers = headers
+        path, _, query = self.target.partition("?")
+        self.path = path
+        self.query: dict[str, str] = {}
+        if query:
+            for k, v in parse_qsl(query, keep_blank_values=True):
+                self.query.setdefault(k, v)
+        rid = headers.get("x-request-id", "")
+        self.request_id = rid if 1 <= len(rid) <= 128 and all(0x21 <= ord(c) <= 0x7E for c in rid) else str(uuid.uuid4())
+        self.body = b""
+
+
+def check_key(req: Req, expected: str, errors: dict[str, tuple[int, str, str, str]]) -> HttpReply | None:
+    provided = extract_api_key(req.headers.get("x-api-key"), req.query.get("x-api-key"))
+    if not expected:
+        problem = "unset"
+    elif provided is None:
+        problem = "missing"
+    elif check_api_key(provided, expected):
+        return None
+    else:
+        problem = "wrong"
+    return error_reply(*errors[problem])
+
+
+def auth_error_reply(exc: AuthError) -> HttpReply:
+    return error_reply(exc.status, exc.code, exc.message, exc.details)
+
+
+# --- routing (SPEC §1.1) -------------------------------------------------------------------
+GET_HEAD = "GET, HEAD"
+
+
+def route(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply | None] | None:
+    """A reply, an awaitable of one, or None when the request became a WebSocket."""
+    path, method = req.path, req.method
+    if path in ("/health", "/healthz", "/ready", "/metrics"):
+        if method not in ("GET", "HEAD"):
+            return method_not_allowed(GET_HEAD)
+        if path == "/metrics":
+            return HttpReply(200, gw.metrics.exposition(), [(b"content-type", METRICS_CONTENT_TYPE.encode())])
+        if path == "/ready":
+            return ready(gw)
+        return json_reply(200, {"status": "OK"})
+    if path == "/generate-token":
+        if method != "POST":
+            return method_not_allowed("POST")
+        return check_key(req, gw.settings.auth.secret_token, GENERAL_KEY_ERRORS) or mint(gw, req, admin=False)
+    if path == "/admin/generate-token":
+        if method != "POST":
+            return method_not_allowed("POST")
+        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or mint(gw, req, admin=True)
+    if path == "/api/publish":
+        if method != "POST":
+            return method_not_allowed("POST")
+        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or publish(gw, req)
+    if path.startswith("/ws/"):
+        segments = path[4:].split("/")
+        if segments == ["admin"]:
+            kind = ADMIN
+        elif len(segments) == 2 and segments[0] and segments[1] and segments[0] != "admin":
+            kind = USER
+        else:
+            return not_found()
+        if method != "GET":
+            return method_not_allowed("GET")
+        return None if kind is None else websocket_request(gw, req, kind, segments)
+    return not_found()
+
+
+async def ready(gw: Gateway) -> HttpReply:
+    deps = await gw.backend.readiness()
+    ok = all(v in ("connected", "embedded") for v in deps.values())
+    return json_reply(200 if ok else 503, {"status": "READY" if ok else "NOT_READY", "dependencies": deps})
+
+
+def mint(gw: Gateway, req: Req, admin: bool) -> HttpReply:
+    try:
+        token = gw.auth.mint_admin(req.body) if admin else gw.auth.mint_user(req.body)
+    except AuthError as exc:
+        return auth_error_reply(exc)
+    return json_reply(200, {"token": token})
+
+
+PUBLISH_SUBJECT_TEXT = "subject must be websocket.<company_id>.<agent_id>.<type>[.<chat_id>]"
+
+
+def publish_subject_ok(subject: str) -> bool:
+    from daisi_ws.protocol import is_valid_id
+
+    parts = subject.split(".")
+    if len(parts) not in (4, 5) or parts[0] != "websocket":
+        return False
+    company, agent, kind = parts[1], parts[2], parts[3]
+    if not (is_valid_id(company) and is_valid_id(agent)):
+        return False
+    if not kind or "*" in kind or ">" in kind or any(c.isspace() for c in kind):
+        return False
+    if kind == "messages":
+        return len(parts) == 5 and is_valid_id(parts[4])
+    return len(parts) == 4
+
+
+async def publish_async(gw: Gateway, subject: str, payload: bytes, request_id: str) -> HttpReply:
+    try:
+        delivered = await gw.publish(subject, payload, request_id)
+    except Exception as exc:  # noqa: BLE001 - any backend failure is a 500 with its text
+        return error_reply(500, INTERNAL_SERVER_ERROR, "Publish failed", str(exc) or type(exc).__name__)
+    return json_reply(200, {"delivered_local": delivered})
+
+
+def publish(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply]:
+    try:
+        body = orjson.loads(req.body)
+    except orjson.JSONDecodeError as exc:
+        return error_reply(400, BAD_REQUEST, "Invalid request payload", str(exc))
+    if not isinstance(body, dict):
+        return error_reply(400, BAD_REQUEST, "Invalid request payload", "request body must be a JSON object")
+    subject = body.get("subject")
+    if subject is not None and not isinstance(subject, str):
+        return error_reply(400, BAD_REQUEST, "Invalid request payload", "subject must be a string")
+    if not subject or not publish_subject_ok(subject):
+        return error_reply(400, BAD_REQUEST, "Invalid payload", PUBLISH_SUBJECT_TEXT)
+    payload = body.get("payload")
+    if not isinstance(payload, dict):
+        return error_reply(400, BAD_REQUEST, "Invalid payload", "payload must be a JSON object.")
+    return publish_async(gw, subject, orjson.dumps(payload), req.request_id)
+
+
+# --- WebSocket handshake (SPEC §3) ---------------------------------------------------------
+def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> str | None:
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> HttpReply | Awaitable[HttpReply | None] | None:
+    auth = gw.settings.auth
+    if kind == USER:
+        denied = check_key(req, auth.secret_token, GENERAL_KEY_ERRORS)
+    else:
+        denied = check_key(req, auth.admin_secret_token, ADMIN_KEY_ERRORS)
+    if denied is not None:
+        return denied
+    token = req.query.get("token")
+    try:
+        if kind == USER:
+            claims: Any = gw.auth.validate_user_token(token)
+            gw.auth.check_path(claims, unquote(segments[0]), unquote(segments[1]))
+            session_key = user_session_key(claims.company_id, claims.agent_id, claims.user_id)
+        else:
+            claims = gw.auth.validate_admin_token(token)
+            session_key = admin_session_key(claims.admin_id)
+    except AuthError as exc:
+        return auth_error_reply(exc)
+    origins = gw.allowed_origins
+    if origins:
+        origin = req.headers.get("origin")
+        if origin is not None and origin.lower() not in origins:
+            return error_reply(403, FORBIDDEN, "Origin not allowed", "The request Origin is not in the allowed list.")
+    hs = ServerProtocol(
+        extensions=gw.deflate_factories,
+        select_subprotocol=_select_subprotocol,
+        max_size=gw.settings.app.max_message_bytes,
+    )
+    headers = Headers(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in req.raw_headers
+    )
+    protocol = "HTTP/1.1" if req.http_version == "1.1" else f"HTTP/{req.http_version}"
+    response = hs.accept(WsRequest(req.target, headers, "GET", protocol))
+    if response.status_code != 101:
+        status = response.status_code
+        extra: list[tuple[bytes, bytes]] = []
+        if status == 426:
+            extra.append((b"upgrade", b"websocket"))
+        else:
+            status = 400
+            exc = hs.handshake_exc
+            if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version":
+                extra.append((b"sec-websocket-version", b"13"))
+        return text_reply(status, bytes(response.body).decode("utf-8", "replace"), extra)
+    return Upgrade(kind, claims, session_key, response, hs)
+
+
+class Upgrade:
+    """A handshake that passed steps 1-7; the session lock (step 8) comes next."""
+
+    __slots__ = ("claims", "hs", "kind", "response", "session_key")
+
+    def __init__(self, kind: str, claims: Any, session_key: str, response: WsResponse, hs: ServerProtocol) -> None:
+        self.kind = kind
+        self.claims = claims
+        self.session_key = session_key
+        self.response = response
+        self.hs = hs
+
+
+def deflate_bits(hs: ServerProtocol) -> int:
+    for ext in hs.extensions:
+        if isinstance(ext, PerMessageDeflate):
+            return ext.local_max_window_bits or 15
+    return 0
+
+
+# --- the per-TCP-connection protocol -------------------------------------------------------
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = ("_body", "_busy", "_req", "_timer", "conn", "gw", "lost", "transport", "upgraded")
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self.transport: Any = None
+        self._req: Req | None = None
+        self._body = bytearray()
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.lost = False
+        self.upgraded = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.gw.http_conns.add(self)
+        self._arm(self.gw.settings.app.read_timeout_seconds)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            return
+        try:
+            self.conn.receive_data(data)
+        except RuntimeError:
+            return  # data after a close we asked for
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if not self.upgraded:
+            try:
+                self.conn.receive_data(b"")
+            except RuntimeError:
+                pass
+            if not self._busy:
+                self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._cancel_timer()
+        self.gw.http_conns.discard(self)
+
+    # timers: read timeout while a request arrives, idle timeout between requests
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.upgraded and not self._busy:
+            self.transport.close()
+
+    def close_idle(self) -> None:
+        """Shutdown: close keep-alive connections that are between requests."""
+        if not self.upgraded and not self._busy:
+            self.transport.close()
+
+    # request processing
+    def _pump(self) -> None:
+        conn = self.conn
+        while not self._busy and not self.lost:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            etype = type(event)
+            if etype is h11.Request:
+                self._req = Req(event)  # type: ignore[arg-type]
+                self._body = bytearray()
+                length = self._req.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > MAX_BODY:
+                    self._too_large()
+                    return
+            elif etype is h11.Data:
+                self._body += event.data  # type: ignore[union-attr]
+                if len(self._body) > MAX_BODY:
+                    self._too_large()
+                    return
+            elif etype is h11.EndOfMessage:
+                req = self._req
+                assert req is not None
+                req.body = bytes(self._body)
+                self._body = bytearray()
+                self._handle(req)
+            elif etype is h11.ConnectionClosed:
+                self.transport.close()
+                return
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
+            self._send(HttpReply(status, b"Bad Request\n", [(b"content-type", TEXT)]), "", close=True)
+        else:
+            self.transport.close()
+
+    def _too_large(self) -> None:
+        reply = error_reply(413, BAD_REQUEST, "Request body too large", "Maximum is 1048576 bytes.")
+        rid = self._req.request_id if self._req else str(uuid.uuid4())
+        self._send(reply, rid, close=True)
+
+    def _handle(self, req: Req) -> None:
+        self._busy = True
+        self._cancel_timer()
+        try:
+            result = route(self.gw, req)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the process
+            self.gw.log.error("request failed", request_id=req.request_id, error=repr(exc), path=req.path)
+            result = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
+        if isinstance(result, HttpReply):
+            self._send(result, req.request_id)
+        elif isinstance(result, Upgrade):
+            self.gw.upgrade(self, req, result)
+        else:
+            self.transport.pause_reading()
+            self.gw.spawn(self._finish(req, result))
+
+    async def _finish(self, req: Req, pending: Awaitable[HttpReply | None]) -> None:
+        try:
+            reply = await pending
+        except Exception as exc:  # noqa: BLE001
+            self.gw.log.error("request failed", request_id=req.request_id, error=repr(exc), path=req.path)
+            reply = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
+        if self.lost:
+            return
+        self.transport.resume_reading()
+        if reply is not None:
+            self._send(reply, req.request_id)
+
+    def _send(self, reply: HttpReply, request_id: str, close: bool = False) -> None:
+        if self.lost:
+            return
+        conn = self.conn
+        headers = [
+            *reply.headers,
+            (b"content-length", str(len(reply.body)).encode()),
+        ]
+        if request_id:
+            headers.append((b"x-request-id", request_id.encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            data = conn.send(h11.Response(status_code=reply.status, headers=headers))
+            if reply.body:
+                data += conn.send(h11.Data(data=reply.body)) or b""
+            data += conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            self.transport.close()
+            return
+        self.transport.write(data or b"")
+        self._busy = False
+        if close or conn.our_state is h11.MUST_CLOSE:
+            self.transport.close()
+            return
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._arm(self.gw.settings.app.idle_timeout_seconds)
+            self._pump()
+        elif conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+            # an upgrade request answered without 101: no further requests on this connection
+            self.transport.close()
+
+    # upgrade
+    def reply_and_close(self, reply: HttpReply, request_id: str) -> None:
+        self._send(reply, request_id, close=True)
+
+    def switch(self, upgrade: Upgrade, request_id: str) -> Connection | None:
+        """Write the 101 and hand the transport to a new Connection (SPEC §3.4)."""
+        if self.lost or self.transport.is_closing():
+            return None
+        gw = self.gw
+        response = upgrade.response
+        response.headers["X-Request-ID"] = request_id
+        trailing, _closed = self.conn.trailing_data
+        self.upgraded = True
+        self._cancel_timer()
+        gw.http_conns.discard(self)
+        transport = self.transport
+        transport.write(response.serialize())
+        proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes)
+        proto.extensions = upgrade.hs.extensions
+        proto.subprotocol = upgrade.hs.subprotocol
+        conn = Connection(gw, proto, upgrade.kind, upgrade.session_key, upgrade.claims, request_id, deflate_bits(upgrade.hs))
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        self.conn = None  # type: ignore[assignment]
+        gw.register(conn)
+        if trailing:
+            conn.data_received(bytes(trailing))
+        transport.resume_reading()
+        return conn
+
+
+def make_deflate_factories(mode: str) -> list[ServerPerMessageDeflateFactory] | None:
+    if mode != "no_context_takeover":
+        return None
+    return [ServerPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True)]
+
+
+_now = time.monotonic

@@ -1,0 +1,219 @@
+"""Dispatch: one event -> one frame -> every matching local socket's send queue.
+
+Encode once (the frame is shared by all recipients), push into the queues, and flush every
+dirty socket once per loop tick so a burst of events costs one write per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from daisi_ws import hotpath
+from daisi_ws.gateway.registry import Registry
+from daisi_ws.log import Logger
+from daisi_ws.metrics import Metrics
+from daisi_ws.protocol import EVENT_TYPE_BY_SUBJECT_TYPE, SUBJECT_PREFIX, subject_type_label
+
+# Who a delivery may reach: interest-mode subscriptions are scoped so overlapping
+# user and admin subscriptions never deliver twice (SPEC §7.4).
+SCOPE_ALL = 0
+SCOPE_USERS = 1
+SCOPE_ADMINS = 2
+
+_EVENT_TYPE_JSON = {t: orjson.dumps(v) for t, v in EVENT_TYPE_BY_SUBJECT_TYPE.items()}
+_MALFORMED_LOG_INTERVAL = 60.0
+
+
+class ParsedSubject:
+    __slots__ = ("agent", "chat", "company", "kind")
+
+    def __init__(self, company: str, agent: str, kind: str, chat: str | None) -> None:
+        self.company = company
+        self.agent = agent
+        self.kind = kind
+        self.chat = chat
+
+
+def parse_subject(subject: str) -> ParsedSubject | None:
+    """`websocket.<C>.<A>.<type>[.<chat>]` (SPEC §7.2 step 1), else None."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != SUBJECT_PREFIX:
+        return None
+    kind = parts[3]
+    if kind == "messages":
+        if len(parts) < 5:
+            return None
+        return ParsedSubject(parts[1], parts[2], kind, parts[4])
+    return ParsedSubject(parts[1], parts[2], kind, None)
+
+
+def _deflate(envelope: bytes, wbits: int) -> bytes:
+    """permessage-deflate without context takeover: one raw deflate block, tail removed."""
+    comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wbits)
+    data = comp.compress(envelope) + comp.flush(zlib.Z_SYNC_FLUSH)
+    if data.endswith(b"\x00\x00\xff\xff"):
+        data = data[:-4]
+    return hotpath.build_frame_header(len(data), 1, True) + data
+
+
+class Hub:
+    """Owns the per-tick dirty list and the flush callback."""
+
+    __slots__ = (
+        "_flush_pending",
+        "_loop",
+        "_malformed_logged",
+        "compression_threshold",
+        "compression_used",
+        "dirty",
+        "log",
+        "metrics",
+        "registry",
+    )
+
+    def __init__(self, registry: Registry, metrics: Metrics, log: Logger, compression_threshold: int) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.log = log
+        self.dirty: list[Any] = []
+        self._flush_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._malformed_logged: dict[str, float] = {}
+        self.compression_threshold = compression_threshold
+        # Set once a socket negotiates permessage-deflate; until then fan-out skips the check.
+        self.compression_used = False
+
+    # --- flushing ---------------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        dirty, self.dirty = self.dirty, []
+        hotpath.flush_dirty(dirty)
+
+    def send(self, conn: Any, frame: bytes) -> bool:
+        """Queue one frame for one socket (ready, error, ack), in order with events."""
+        ok = bool(conn.push(frame, self.dirty))
+        if self.dirty:
+            self.schedule_flush()
+        return ok
+
+    # --- dispatch ---------------------------------------------------------------------------
+    def build(self, subject: str, payload: bytes) -> tuple[ParsedSubject, bytes] | None:
+        """Validate and encode once (SPEC §7.2 steps 1-3); None (counted) when dropped."""
+        parsed = parse_subject(subject)
+        if parsed is None:
+            self.metrics.events_dropped.labels("invalid_subject").inc()
+            return None
+        body = payload.strip()
+        try:
+            obj = orjson.loads(body) if body[:1] == b"{" else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is not dict:
+            self._malformed(parsed.kind, subject)
+            return None
+        if "event_type" in obj:
+            event_type = None
+        else:
+            event_type = _EVENT_TYPE_JSON.get(parsed.kind) or orjson.dumps(parsed.kind)
+        return parsed, hotpath.build_event_envelope(body, event_type)
+
+    def _malformed(self, kind: str, subject: str) -> None:
+        self.metrics.events_dropped.labels("malformed").inc()
+        label = subject_type_label(kind)
+        now = time.monotonic()
+        if now - self._malformed_logged.get(label, -_MALFORMED_LOG_INTERVAL) >= _MALFORMED_LOG_INTERVAL:
+            self._malformed_logged[label] = now
+            self.log.warn("dropping event: payload is not a JSON object", subject_type=label)
+
+    def recipients(self, parsed: ParsedSubject, scope: int, admin_filter: tuple[str, str] | None) -> list[set[Any]]:
+        """Sets of matching local sockets (SPEC §7.3); the sets are disjoint."""
+        registry = self.registry
+        out: list[set[Any]] = []
+        if scope != SCOPE_ADMINS:
+            if parsed.chat is not None:
+                members = registry.chats.get((parsed.company, parsed.agent, parsed.chat))
+            else:
+                members = registry.users.get((parsed.company, parsed.agent))
+            if members:
+                out.append(members)
+        if scope != SCOPE_USERS and parsed.kind == "agents":
+            if admin_filter is not None:
+                members = registry.admins.get(admin_filter)
+                if members:
+                    out.append(members)
+            else:
+                out.extend(registry.admin_sets(parsed.company, parsed.agent))
+        return out
+
+    def count_recipients(self, subject: str) -> int:
+        parsed = parse_subject(subject)
+        if parsed is None:
+            return 0
+        return sum(len(s) for s in self.recipients(parsed, SCOPE_ALL, None))
+
+    def dispatch(
+        self,
+        subject: str,
+        payload: bytes,
+        scope: int = SCOPE_ALL,
+        admin_filter: tuple[str, str] | None = None,
+    ) -> int:
+        """Deliver one event to every matching local socket; returns sockets reached."""
+        built = self.build(subject, payload)
+        if built is None:
+            return 0
+        parsed, envelope = built
+        targets = self.recipients(parsed, scope, admin_filter)
+        if not targets:
+            return 0
+        frame = hotpath.build_text_frame(envelope)
+        dirty = self.dirty
+        delivered = 0
+        if self.compression_used and len(envelope) >= self.compression_threshold:
+            delivered = self._fanout_compressed(envelope, frame, targets)
+        else:
+            for members in targets:
+                delivered += hotpath.fanout(frame, members, dirty)
+        if dirty:
+            self.schedule_flush()
+        if delivered:
+            self.metrics.sent_event.inc(delivered)
+        return delivered
+
+    def _fanout_compressed(self, envelope: bytes, frame: bytes, targets: list[set[Any]]) -> int:
+        """Compress once per distinct window size; plain frame for the rest (SPEC §4.6)."""
+        by_bits: dict[int, bytes] = {}
+        dirty = self.dirty
+        delivered = 0
+        for members in targets:
+            for conn in members:
+                bits = conn.deflate_bits
+                if bits:
+                    f = by_bits.get(bits)
+                    if f is None:
+                        f = by_bits[bits] = _deflate(envelope, bits)
+                else:
+                    f = frame
+                if conn.push(f, dirty):
+                    delivered += 1
+        return delivered
+
+    def encode_for(self, conn: Any, envelope: bytes) -> bytes:
+        """A single-socket frame (ready, error, ack), compressed when the socket asked for it."""
+        bits = conn.deflate_bits
+        if bits and len(envelope) >= self.compression_threshold:
+            return _deflate(envelope, bits)
+        return hotpath.build_text_frame(envelope)

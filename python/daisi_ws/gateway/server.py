@@ -1,0 +1,444 @@
+"""The gateway: listener, socket lifecycle (SPEC §3.4, §5.5), client messages, sweep, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from daisi_ws import hotpath
+from daisi_ws.auth import AuthService
+from daisi_ws.cluster.base import Backend, LockError
+from daisi_ws.config import Settings
+from daisi_ws.gateway.connection import ADMIN, USER, Connection
+from daisi_ws.gateway.http import (
+    HttpProtocol,
+    Req,
+    Upgrade,
+    error_reply,
+    make_deflate_factories,
+)
+from daisi_ws.gateway.hub import SCOPE_ALL, Hub
+from daisi_ws.gateway.registry import Registry
+from daisi_ws.log import Logger
+from daisi_ws.metrics import Metrics
+from daisi_ws.protocol import (
+    ADMIN_CONFLICT_ERROR,
+    BAD_REQUEST,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SESSION_CONFLICT,
+    INTERNAL_SERVER_ERROR,
+    MSG_INVALID_FORMAT,
+    MSG_UNHANDLED_TYPE,
+    PONG_TIMEOUT_ERROR,
+    REASON_ADMIN_CONFLICT,
+    REASON_PONG_TIMEOUT,
+    REASON_SHUTDOWN,
+    REASON_USER_CONFLICT,
+    SELECT_BAD_STRUCTURE,
+    SELECT_MISSING,
+    SELECT_NOT_STRING,
+    SELECT_ROUTE_FAILED,
+    SHUTDOWN_ERROR,
+    USER_CONFLICT_ERROR,
+    chats_route_key,
+    id_violation_text,
+    is_valid_id,
+    message_route_key,
+)
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
+
+READY = b'{"type":"ready"}'
+LOCK_DEADLINE = {USER: 5.0, ADMIN: 10.0}
+LOCK_FAILED_TEXT = {USER: "Failed to process session.", ADMIN: "Failed to process admin session."}
+SWEEP_INTERVAL = 1.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        auth: AuthService,
+        backend: Backend,
+        metrics: Metrics,
+        log: Logger,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.backend = backend
+        self.metrics = metrics
+        self.log = log
+        self.pod_id = settings.server.pod_id
+        self.registry = Registry()
+        self.hub = Hub(self.registry, metrics, log, settings.app.websocket_compression_threshold)
+        self.drop_stats = hotpath.DropStats()
+        self.http_conns: set[HttpProtocol] = set()
+        self.closing: set[Connection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.shutting_down = False
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: AbstractEventLoop | None = None
+        self.apply_settings(settings)
+        metrics.bind_buffer_gauges(self._buffer_used, self._buffer_capacity)
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Settings that apply at once on reload (socket settings to later sockets)."""
+        self.settings = settings
+        app = settings.app
+        self.drop_policy = hotpath.POLICIES[app.websocket_backpressure_drop_policy]
+        self.allowed_origins = frozenset(o.lower() for o in app.allowed_origins)
+        self.deflate_factories = make_deflate_factories(app.websocket_compression_mode)
+        self.hub.compression_threshold = app.websocket_compression_threshold
+
+    # --- metrics gauges ---------------------------------------------------------------------
+    def _buffer_used(self) -> float:
+        return float(sum(len(c) for c in self.registry.all))
+
+    def _buffer_capacity(self) -> float:
+        return float(sum(c.capacity for c in self.registry.all))
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        s = self.settings.server
+        self.server = await loop.create_server(
+            lambda: HttpProtocol(self), host=s.host, port=s.http_port, backlog=4096, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep_loop())
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task failed", error=repr(task.exception()))
+
+    # --- handshake: step 8 and the upgrade -------------------------------------------------------
+    def upgrade(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
+        if self.shutting_down:
+            http.reply_and_close(
+                error_reply(503, INTERNAL_SERVER_ERROR, "Service shutting down", "The WebSocket service is being gracefully terminated."),
+                req.request_id,
+            )
+            return
+        if not self.backend.distributed_locks:
+            # embedded: the lock is this process's table, taken over in register()
+            http.switch(upgrade, req.request_id)
+            return
+        http.transport.pause_reading()
+        self.spawn(self._lock_then_switch(http, req, upgrade))
+
+    async def _lock_then_switch(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
+        kind = upgrade.kind
+        try:
+            await asyncio.wait_for(
+                self.backend.acquire(upgrade.session_key, kind, LOCK_DEADLINE[kind]),
+                LOCK_DEADLINE[kind] + 0.5,
+            )
+        except (LockError, asyncio.TimeoutError, OSError, ConnectionError) as exc:
+            reason = exc.reason if isinstance(exc, LockError) else "timeout_context_cancelled"
+            if not isinstance(exc, LockError):
+                self.metrics.lock_failure.labels(kind, reason).inc()
+            self.log.warn("session lock failed", request_id=req.request_id, reason=reason, error=str(exc))
+            http.reply_and_close(
+                error_reply(500, INTERNAL_SERVER_ERROR, LOCK_FAILED_TEXT[kind], str(exc) or reason),
+                req.request_id,
+            )
+            return
+        if http.switch(upgrade, req.request_id) is None and self.registry.holder(upgrade.session_key) is None:
+            # the client left while we took the lock: give it back (compare-and-delete)
+            await self.backend.release(upgrade.session_key)
+
+    # --- registration (SPEC §3.4) -----------------------------------------------------------
+    def register(self, conn: Connection) -> None:
+        m = self.metrics
+        conn.send_envelope(READY)  # always first: queued before any event source sees conn
+        m.sent_ready.inc()
+        previous = self.registry.claim_session(conn.session_key, conn)
+        if previous is not None:
+            m.session_conflicts.labels(conn.kind).inc()
+            self._conflict_close(previous)
+        m.active_connections.inc()
+        m.connections_total.inc()
+        if conn.kind == USER:
+            pair = (conn.company, conn.agent)
+            if self.registry.add_user(conn, pair):
+                self.backend.user_pair_added(pair)
+        else:
+            assert conn.admin_filter is not None
+            if self.registry.add_admin(conn, conn.admin_filter):
+                self.backend.admin_filter_added(conn.admin_filter)
+        conn._busy = True  # client messages wait until the session state is restored
+        self.spawn(conn._drain(self._after_open(conn)))
+        if self.log.enabled("debug"):
+            self.log.debug("socket opened", request_id=conn.request_id, pod_id=self.pod_id, session=conn.kind)
+
+    async def _after_open(self, conn: Connection) -> None:
+        backend = self.backend
+        key = conn.session_key
+        try:
+            await backend.touch(key)
+        except Exception as exc:  # noqa: BLE001 - Redis errors here are logged; the socket stays
+            self.log.warn("could not write last_active", request_id=conn.request_id, error=str(exc))
+        if conn.kind != USER or conn.ended:
+            return
+        pair = (conn.company, conn.agent)
+        try:
+            await backend.register_route(chats_route_key(*pair))
+        except Exception as exc:  # noqa: BLE001
+            self.log.warn("could not register chats route", request_id=conn.request_id, error=str(exc))
+        try:
+            chat = await backend.load_selected_chat(key)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warn("could not restore selected chat", request_id=conn.request_id, error=str(exc))
+            chat = None
+        if chat is None or not is_valid_id(chat) or conn.ended or conn.chat is not None:
+            return
+        try:
+            if not self.registry.chat_selected(pair, chat):
+                await backend.register_route(message_route_key(pair[0], pair[1], chat))
+        except Exception as exc:  # noqa: BLE001
+            self.log.warn("could not register message route", request_id=conn.request_id, error=str(exc))
+        if not conn.ended and conn.chat is None:
+            self.registry.select_chat(conn, pair, None, chat)
+            conn.chat = chat
+
+    # --- deregistration (SPEC §5.5) ---------------------------------------------------------
+    def end(self, conn: Connection) -> None:
+        if conn.ended:
+            return
+        conn.ended = True
+        registry = self.registry
+        release = registry.release_session(conn.session_key, conn)
+        routes: list[str] = []
+        if conn.kind == USER:
+            pair = (conn.company, conn.agent)
+            if conn.chat is not None and registry.select_chat(conn, pair, conn.chat, None):
+                routes.append(message_route_key(pair[0], pair[1], conn.chat))
+            if registry.remove_user(conn, pair):
+                routes.append(chats_route_key(*pair))
+                self.backend.user_pair_removed(pair)
+        else:
+            assert conn.admin_filter is not None
+            if registry.remove_admin(conn, conn.admin_filter):
+                self.backend.admin_filter_removed(conn.admin_filter)
+        m = self.metrics
+        m.active_connections.dec()
+        m.connection_duration.observe(time.monotonic() - conn.opened_at)
+        if release or routes:
+            self.spawn(self._release(conn.session_key if release else None, routes))
+
+    async def _release(self, session_key: str | None, routes: list[str]) -> None:
+        backend = self.backend
+        if session_key is not None:
+            try:
+                await backend.release(session_key)
+            except Exception as exc:  # noqa: BLE001 - the lock then expires by its TTL
+                self.log.warn("could not release session lock", error=str(exc))
+        for key in routes:
+            if self._route_needed(key):
+                continue  # a socket registered again meanwhile
+            try:
+                await backend.unregister_route(key)
+            except Exception as exc:  # noqa: BLE001
+                self.log.warn("could not unregister route", error=str(exc))
+
+    def _route_needed(self, key: str) -> bool:
+        parts = key.split(":")
+        if parts[-1] == "chats":
+            return self.registry.has_users((parts[1], parts[2]))
+        return self.registry.chat_selected((parts[1], parts[2]), parts[4])
+
+    def _conflict_close(self, conn: Connection) -> None:
+        if conn.kind == USER:
+            conn.close(CLOSE_SESSION_CONFLICT, REASON_USER_CONFLICT, USER_CONFLICT_ERROR)
+        else:
+            conn.close(CLOSE_SESSION_CONFLICT, REASON_ADMIN_CONFLICT, ADMIN_CONFLICT_ERROR)
+
+    def on_kill(self, session_key: str, new_pod_id: str) -> None:
+        """Kill switch (SPEC §5.4): another pod took the session."""
+        if new_pod_id == self.pod_id:
+            return
+        conn = self.registry.holder(session_key)
+        if conn is not None:
+            self.log.info("session taken over by another pod", request_id=conn.request_id, pod_id=self.pod_id)
+            self._conflict_close(conn)
+
+    def lose_session(self, session_key: str) -> None:
+        """Renewal found the lock owned elsewhere (SPEC §5.6)."""
+        conn = self.registry.holder(session_key)
+        if conn is not None:
+            self._conflict_close(conn)
+
+    # --- client messages (SPEC §4.2) --------------------------------------------------------
+    def handle_client_text(self, conn: Connection, data: bytes) -> Awaitable[None] | None:
+        received = self.metrics.messages_received
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                conn.invalid_utf8(uexc)
+                return None
+            received.labels("invalid_json").inc()
+            conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, str(exc)))
+            return None
+        if type(msg) is not dict:
+            received.labels("invalid_json").inc()
+            conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, "message must be a JSON object"))
+            return None
+        mtype = msg.get("type")
+        if mtype is not None and type(mtype) is not str:
+            received.labels("invalid_json").inc()
+            conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, "type must be a string"))
+            return None
+        if mtype == "ready":
+            received.labels("ready").inc()
+            payload = msg.get("payload")
+            conn.send_envelope(READY if payload is None else orjson.dumps({"type": "ready", "payload": payload}))
+            self.metrics.sent_ready.inc()
+            return None
+        if mtype == "select_chat":
+            received.labels("select_chat").inc()
+            return self._select_chat(conn, msg)
+        received.labels("unknown").inc()
+        conn.send_error((BAD_REQUEST, MSG_UNHANDLED_TYPE, f"Type: {mtype or ''}"))
+        return None
+
+    def _select_chat(self, conn: Connection, msg: dict[str, Any]) -> Awaitable[None] | None:
+        payload = msg.get("payload")
+        if payload is not None:
+            if type(payload) is not dict:
+                conn.send_error(SELECT_BAD_STRUCTURE)
+                return None
+            source = payload
+        else:
+            source = msg
+        chat = source.get("chat_id")
+        if chat is None:
+            conn.send_error(SELECT_MISSING)
+            return None
+        if type(chat) is not str or not chat:
+            conn.send_error(SELECT_NOT_STRING)
+            return None
+        if not is_valid_id(chat):
+            conn.send_error((BAD_REQUEST, "Invalid select_chat payload", id_violation_text("chat_id")))
+            return None
+        ack_id = msg.get("id")
+        if type(ack_id) not in (str, int, float):  # bool is not a number here
+            ack_id = None
+        if chat == conn.chat:
+            self._ack(conn, ack_id)
+            return None
+        return self._move_chat(conn, chat, ack_id)
+
+    def _ack(self, conn: Connection, ack_id: Any) -> None:
+        if ack_id is not None:
+            conn.send_envelope(orjson.dumps({"type": "ack", "id": ack_id}))
+            self.metrics.sent_ack.inc()
+
+    async def _move_chat(self, conn: Connection, chat: str, ack_id: Any) -> None:
+        """Register the new route, switch, persist, release the old (SPEC §4.2)."""
+        pair = (conn.company, conn.agent)
+        backend = self.backend
+        if not self.registry.chat_selected(pair, chat):
+            try:
+                await backend.register_route(message_route_key(pair[0], pair[1], chat))
+            except Exception as exc:  # noqa: BLE001
+                self.log.warn("select_chat route registration failed", request_id=conn.request_id, error=str(exc))
+                conn.send_error(SELECT_ROUTE_FAILED)
+                return
+        if conn.ended:
+            return
+        old = conn.chat
+        old_released = self.registry.select_chat(conn, pair, old, chat)
+        conn.chat = chat
+        self._ack(conn, ack_id)
+        try:
+            await backend.save_selected_chat(conn.session_key, chat)
+            await backend.touch(conn.session_key)
+        except Exception as exc:  # noqa: BLE001 - the selection stands; persistence is best effort
+            self.log.warn("could not persist selected chat", request_id=conn.request_id, error=str(exc))
+        if old_released and old is not None and not self.registry.chat_selected(pair, old):
+            try:
+                await backend.unregister_route(message_route_key(pair[0], pair[1], old))
+            except Exception as exc:  # noqa: BLE001 - SREM errors are ignored (SPEC §6.2)
+                self.log.debug("could not unregister old message route", error=str(exc))
+
+    # --- events -----------------------------------------------------------------------------
+    def deliver(self, subject: str, payload: bytes, request_id: str | None = None) -> int:
+        """Embedded bus, queue consumer and forwards: every matching local socket."""
+        return self.hub.dispatch(subject, payload, SCOPE_ALL, None)
+
+    async def publish(self, subject: str, payload: bytes, request_id: str) -> int:
+        """/api/publish: sockets matching here at request time (SPEC §1.7)."""
+        return await self.backend.publish(subject, payload, request_id)
+
+    # --- sweep: heartbeats, close deadlines, block-policy timeouts --------------------------------
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.sweep(time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - the sweep must survive anything
+                self.log.error("sweep failed", error=repr(exc))
+
+    def sweep(self, now: float) -> None:
+        app = self.settings.app
+        for conn in [c for c in self.closing if now >= c.close_deadline]:
+            self.closing.discard(conn)
+            conn.abort()
+        pong_wait = app.pong_wait_seconds
+        write_timeout = app.write_timeout_seconds
+        timed_out: list[Connection] = []
+        overflowed: list[Connection] = []
+        for conn in self.registry.all:
+            if now - conn.last_pong > pong_wait:
+                timed_out.append(conn)
+            elif now >= conn.next_ping:
+                conn.ping(now)
+            if conn.expire_block(now, write_timeout):
+                overflowed.append(conn)
+        for conn in timed_out:
+            conn.close(CLOSE_INTERNAL, REASON_PONG_TIMEOUT, PONG_TIMEOUT_ERROR)
+        for conn in overflowed:
+            conn.on_overflow()
+
+    # --- shutdown (SPEC §10.2) --------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        self.shutting_down = True
+        if self.server is not None:
+            self.server.close()
+        for http in list(self.http_conns):
+            http.close_idle()
+
+    async def drain(self, timeout: float) -> None:
+        """Close every socket with 1001 concurrently; wait for them, then for the releases."""
+        deadline = time.monotonic() + timeout
+        for conn in list(self.registry.all):
+            conn.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN, SHUTDOWN_ERROR)
+        while self.closing and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.closing):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        pending = [t for t in self.tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,66 @@
+"""Builds the Cython twins in csrc/ as daisi_ws._native.*; everything else is in pyproject.toml.
+
+A machine without a C compiler (or with DAISI_WS_NO_EXTENSIONS=1 at build time) still
+installs: the package then runs on its pure-Python twins, with a warning.
+"""
+
+import os
+import sys
+from glob import glob
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+NATIVE_SRC = Path("csrc") / "daisi_ws" / "_native"
+
+# Directives that drop safety checks are set per module in the .pyx headers, where the
+# parity tests cover them; these are the safe project-wide defaults.
+DIRECTIVES = {
+    "language_level": "3",
+    "embedsignature": True,
+    "cdivision": True,
+}
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"WARNING (daisi-ws): {message}; the pure-Python twins will be used.\n")
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile is a warning, not a failed install."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - no compiler, no headers, ...
+            _warn(f"compiled extensions could not be built ({exc})")
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"extension {ext.name} could not be built ({exc})")
+
+
+def extensions() -> list:
+    if os.environ.get("DAISI_WS_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}:
+        _warn("DAISI_WS_NO_EXTENSIONS is set at build time")
+        return []
+    sources = sorted(glob(str(NATIVE_SRC / "*.pyx")))
+    if not sources:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        _warn("Cython is not available")
+        return []
+    exts = [
+        Extension(f"daisi_ws._native.{Path(src).stem}", [src], extra_compile_args=["-O3"])
+        for src in sources
+    ]
+    return cythonize(exts, compiler_directives=DIRECTIVES, include_path=[str(NATIVE_SRC)], quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
