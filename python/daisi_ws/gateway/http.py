@@ -8,7 +8,6 @@ One `HttpProtocol` per TCP connection parses requests with h11 (keep-alive, pipe
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -73,9 +72,6 @@ def error_reply(status: int, code: str, message: str, details: str = "") -> Http
 
 def text_reply(status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> HttpReply:
     return HttpReply(status, text.encode(), [(b"content-type", TEXT), *(headers or [])])
-
-
-NOT_FOUND = ("404 page not found\n",)
 
 
 def not_found() -> HttpReply:
@@ -178,7 +174,7 @@ def route(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply | None] | No
             return not_found()
         if method != "GET":
             return method_not_allowed("GET")
-        return None if kind is None else websocket_request(gw, req, kind, segments)
+        return websocket_request(gw, req, kind, segments)
     return not_found()
 
 
@@ -506,7 +502,10 @@ class HttpProtocol(asyncio.Protocol):
         proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes)
         proto.extensions = upgrade.hs.extensions
         proto.subprotocol = upgrade.hs.subprotocol
-        conn = Connection(gw, proto, upgrade.kind, upgrade.session_key, upgrade.claims, request_id, deflate_bits(upgrade.hs))
+        bits = deflate_bits(upgrade.hs)
+        if bits:
+            gw.hub.compression_used = True
+        conn = Connection(gw, proto, upgrade.kind, upgrade.session_key, upgrade.claims, request_id, bits)
         transport.set_protocol(conn)
         conn.connection_made(transport)
         self.conn = None  # type: ignore[assignment]
@@ -522,5 +521,3 @@ def make_deflate_factories(mode: str) -> list[ServerPerMessageDeflateFactory] | 
         return None
     return [ServerPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True)]
 
-
-_now = time.monotonic

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -68,6 +69,7 @@ class Hub:
         "_flush_pending",
         "_loop",
         "_malformed_logged",
+        "activity",
         "compression_threshold",
         "compression_used",
         "dirty",
@@ -87,6 +89,9 @@ class Hub:
         self.compression_threshold = compression_threshold
         # Set once a socket negotiates permessage-deflate; until then fan-out skips the check.
         self.compression_used = False
+        # Shared mode with adaptive route TTLs: called (company, agent, chat or None) after an
+        # event reached at least one local user socket (SPEC §6.2 "Activity").
+        self.activity: Callable[[str, str, str | None], None] | None = None
 
     # --- flushing ---------------------------------------------------------------------------
     def schedule_flush(self) -> None:
@@ -138,31 +143,27 @@ class Hub:
             self._malformed_logged[label] = now
             self.log.warn("dropping event: payload is not a JSON object", subject_type=label)
 
-    def recipients(self, parsed: ParsedSubject, scope: int, admin_filter: tuple[str, str] | None) -> list[set[Any]]:
-        """Sets of matching local sockets (SPEC §7.3); the sets are disjoint."""
-        registry = self.registry
-        out: list[set[Any]] = []
-        if scope != SCOPE_ADMINS:
-            if parsed.chat is not None:
-                members = registry.chats.get((parsed.company, parsed.agent, parsed.chat))
-            else:
-                members = registry.users.get((parsed.company, parsed.agent))
-            if members:
-                out.append(members)
-        if scope != SCOPE_USERS and parsed.kind == "agents":
-            if admin_filter is not None:
-                members = registry.admins.get(admin_filter)
-                if members:
-                    out.append(members)
-            else:
-                out.extend(registry.admin_sets(parsed.company, parsed.agent))
-        return out
+    def user_recipients(self, parsed: ParsedSubject) -> set[Any] | None:
+        """User sockets of (C, A); for messages only those selecting the chat (SPEC §7.3)."""
+        if parsed.chat is not None:
+            return self.registry.chats.get((parsed.company, parsed.agent, parsed.chat))
+        return self.registry.users.get((parsed.company, parsed.agent))
+
+    def admin_recipients(self, parsed: ParsedSubject, admin_filter: tuple[str, str] | None) -> list[set[Any]]:
+        """Admin sockets whose filter matches an `agents` event; the sets are disjoint."""
+        if parsed.kind != "agents":
+            return []
+        if admin_filter is None:
+            return self.registry.admin_sets(parsed.company, parsed.agent)
+        members = self.registry.admins.get(admin_filter)
+        return [members] if members else []
 
     def count_recipients(self, subject: str) -> int:
         parsed = parse_subject(subject)
         if parsed is None:
             return 0
-        return sum(len(s) for s in self.recipients(parsed, SCOPE_ALL, None))
+        users = self.user_recipients(parsed)
+        return (len(users) if users else 0) + sum(len(s) for s in self.admin_recipients(parsed, None))
 
     def dispatch(
         self,
@@ -176,7 +177,12 @@ class Hub:
         if built is None:
             return 0
         parsed, envelope = built
-        targets = self.recipients(parsed, scope, admin_filter)
+        targets: list[set[Any]] = []
+        users = self.user_recipients(parsed) if scope != SCOPE_ADMINS else None
+        if users:
+            targets.append(users)
+        if scope != SCOPE_USERS:
+            targets.extend(self.admin_recipients(parsed, admin_filter))
         if not targets:
             return 0
         frame = hotpath.build_text_frame(envelope)
@@ -191,6 +197,8 @@ class Hub:
             self.schedule_flush()
         if delivered:
             self.metrics.sent_event.inc(delivered)
+            if users and self.activity is not None:
+                self.activity(parsed.company, parsed.agent, parsed.chat)
         return delivered
 
     def _fanout_compressed(self, envelope: bytes, frame: bytes, targets: list[set[Any]]) -> int:
