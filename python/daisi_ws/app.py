@@ -124,12 +124,12 @@ class App:
         self.gateway.stop_accepting()
         try:
             await asyncio.wait_for(self.backend.stop_intake(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - keep draining whatever failed
+        except Exception as exc:
             self.log.warn("stopping intake failed", error=repr(exc))
         await self.gateway.drain(max(0.1, deadline - time.monotonic() - 0.5))
         try:
             await asyncio.wait_for(self.backend.stop(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log.warn("closing backends failed", error=repr(exc))
         self.log.info("stopped")
 

@@ -82,7 +82,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from daisi_ws.auth.tokens import TokenCipher, mint_admin_token, mint_user_token, parse_aes_key
-    from daisi_ws.protocol import RESERVED_COMPANY, id_violation_text, is_valid_filter_id, is_valid_id
+    from daisi_ws.protocol import (
+        RESERVED_COMPANY,
+        id_violation_text,
+        is_valid_filter_id,
+        is_valid_id,
+    )
 
     settings = _settings(args.config)
     if args.expires_in <= 0:

@@ -9,39 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
-_FORCE_PURE = os.environ.get("DAISI_WS_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
+FORCE_PURE = os.environ.get("DAISI_WS_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
 
 NATIVE: bool = False
-if not _FORCE_PURE:
-    try:
-        from daisi_ws._native.framing import (  # type: ignore[import-not-found]
-            build_close_frame,
-            build_error_frame,
-            build_event_envelope,
-            build_event_frame,
-            build_frame_header,
-            build_text_frame,
-        )
-        from daisi_ws._native.sendqueue import (  # type: ignore[import-not-found]
-            POLICIES,
-            DropStats,
-            SendQueue,
-            fanout,
-            flush_dirty,
-        )
-        from daisi_ws._native.tokencache import TokenCache  # type: ignore[import-not-found]
 
-        NATIVE = True
-    except ImportError as exc:  # no compiler at install time: stay correct, only slower
-        warnings.warn(
-            f"daisi-ws compiled extensions unavailable ({exc}); using the pure-Python twins",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-if not NATIVE:
-    from daisi_ws._pure.framing import (  # type: ignore[assignment]
+if TYPE_CHECKING:  # both twins share one API; type-check against the pure one
+    from daisi_ws._pure.framing import (
         build_close_frame,
         build_error_frame,
         build_event_envelope,
@@ -49,14 +24,42 @@ if not NATIVE:
         build_frame_header,
         build_text_frame,
     )
-    from daisi_ws._pure.sendqueue import (  # type: ignore[assignment]
-        POLICIES,
-        DropStats,
-        SendQueue,
-        fanout,
-        flush_dirty,
-    )
-    from daisi_ws._pure.tokencache import TokenCache  # type: ignore[assignment]
+    from daisi_ws._pure.sendqueue import POLICIES, DropStats, SendQueue, fanout, flush_dirty
+    from daisi_ws._pure.tokencache import TokenCache
+else:
+    _twin = "daisi_ws._pure"
+    if not FORCE_PURE:
+        try:
+            import daisi_ws._native.framing
+            import daisi_ws._native.sendqueue
+            import daisi_ws._native.tokencache  # noqa: F401
+
+            _twin = "daisi_ws._native"
+            NATIVE = True
+        except ImportError as exc:  # built without a compiler: stay correct, only slower
+            warnings.warn(
+                f"daisi-ws compiled extensions unavailable ({exc}); using the pure-Python twins",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    import importlib
+
+    _framing = importlib.import_module(f"{_twin}.framing")
+    _sendqueue = importlib.import_module(f"{_twin}.sendqueue")
+    _tokencache = importlib.import_module(f"{_twin}.tokencache")
+
+    build_close_frame = _framing.build_close_frame
+    build_error_frame = _framing.build_error_frame
+    build_event_envelope = _framing.build_event_envelope
+    build_event_frame = _framing.build_event_frame
+    build_frame_header = _framing.build_frame_header
+    build_text_frame = _framing.build_text_frame
+    POLICIES = _sendqueue.POLICIES
+    DropStats = _sendqueue.DropStats
+    SendQueue = _sendqueue.SendQueue
+    fanout = _sendqueue.fanout
+    flush_dirty = _sendqueue.flush_dirty
+    TokenCache = _tokencache.TokenCache
 
 __all__ = [
     "NATIVE",

@@ -61,7 +61,7 @@ def encode_error(error: ErrorTriple) -> bytes:
     return orjson.dumps({"type": "error", "payload": payload})
 
 
-class Connection(hotpath.SendQueue):  # type: ignore[misc,valid-type]
+class Connection(hotpath.SendQueue):
     __slots__ = (
         "__weakref__",
         "_busy",
@@ -138,7 +138,7 @@ class Connection(hotpath.SendQueue):  # type: ignore[misc,valid-type]
         except EOFError:
             return
         for frame in proto.events_received():
-            self._on_frame(frame)
+            self._on_frame(frame)  # type: ignore[arg-type]  # only frames once OPEN
         self._send_protocol_data()
         if proto.state is not _OPEN and not self.ended:
             # peer's close frame, or a protocol error / oversize message (1002/1007/1009)
@@ -166,16 +166,17 @@ class Connection(hotpath.SendQueue):  # type: ignore[misc,valid-type]
     # --- inbound ----------------------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         op = frame.opcode
+        data = bytes(frame.data)
         if op is _TEXT:
             if frame.fin:
-                self._on_text(frame.data)
+                self._on_text(data)
             else:
                 self._frag_mode = _TEXT_FRAGMENTS
-                self._fragments = [frame.data]
+                self._fragments = [data]
         elif op is _CONT:
             if self._frag_mode == _TEXT_FRAGMENTS:
                 assert self._fragments is not None
-                self._fragments.append(frame.data)
+                self._fragments.append(data)
                 if frame.fin:
                     data = b"".join(self._fragments)
                     self._fragments = None

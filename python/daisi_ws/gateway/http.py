@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -25,10 +25,10 @@ from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from daisi_ws.auth import AuthError
 from daisi_ws.auth.apikeys import check_api_key, extract_api_key
-from daisi_ws.cluster.base import LockError
 from daisi_ws.gateway.connection import ADMIN, USER, Connection, FrameProtocol
 from daisi_ws.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daisi_ws.protocol import (
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from daisi_ws.gateway.server import Gateway
 
 MAX_BODY = 1 << 20
-SUBPROTOCOL = "json.v1"
+SUBPROTOCOL = Subprotocol("json.v1")
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
@@ -141,8 +141,8 @@ def auth_error_reply(exc: AuthError) -> HttpReply:
 GET_HEAD = "GET, HEAD"
 
 
-def route(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply | None] | None:
-    """A reply, an awaitable of one, or None when the request became a WebSocket."""
+def route(gw: Gateway, req: Req) -> HttpReply | Upgrade | Awaitable[HttpReply]:
+    """A reply, an awaitable of one, or an Upgrade for a WebSocket that passed steps 1-7."""
     path, method = req.path, req.method
     if path in ("/health", "/healthz", "/ready", "/metrics"):
         if method not in ("GET", "HEAD"):
@@ -214,7 +214,7 @@ def publish_subject_ok(subject: str) -> bool:
 async def publish_async(gw: Gateway, subject: str, payload: bytes, request_id: str) -> HttpReply:
     try:
         delivered = await gw.publish(subject, payload, request_id)
-    except Exception as exc:  # noqa: BLE001 - any backend failure is a 500 with its text
+    except Exception as exc:
         return error_reply(500, INTERNAL_SERVER_ERROR, "Publish failed", str(exc) or type(exc).__name__)
     return json_reply(200, {"delivered_local": delivered})
 
@@ -238,11 +238,11 @@ def publish(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply]:
 
 
 # --- WebSocket handshake (SPEC §3) ---------------------------------------------------------
-def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> str | None:
+def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> HttpReply | Awaitable[HttpReply | None] | None:
+def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> HttpReply | Upgrade:
     auth = gw.settings.auth
     if kind == USER:
         denied = check_key(req, auth.secret_token, GENERAL_KEY_ERRORS)
@@ -283,8 +283,8 @@ def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> 
             extra.append((b"upgrade", b"websocket"))
         else:
             status = 400
-            exc = hs.handshake_exc
-            if isinstance(exc, InvalidHeader) and exc.name == "Sec-WebSocket-Version":
+            failure = hs.handshake_exc
+            if isinstance(failure, InvalidHeader) and failure.name == "Sec-WebSocket-Version":
                 extra.append((b"sec-websocket-version", b"13"))
         return text_reply(status, bytes(response.body).decode("utf-8", "replace"), extra)
     return Upgrade(kind, claims, session_key, response, hs)
@@ -426,7 +426,7 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         try:
             result = route(self.gw, req)
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one request, not the process
+        except Exception as exc:
             self.gw.log.error("request failed", request_id=req.request_id, error=repr(exc), path=req.path)
             result = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
         if isinstance(result, HttpReply):
@@ -437,17 +437,16 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
             self.gw.spawn(self._finish(req, result))
 
-    async def _finish(self, req: Req, pending: Awaitable[HttpReply | None]) -> None:
+    async def _finish(self, req: Req, pending: Awaitable[HttpReply]) -> None:
         try:
             reply = await pending
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.gw.log.error("request failed", request_id=req.request_id, error=repr(exc), path=req.path)
             reply = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
         if self.lost:
             return
         self.transport.resume_reading()
-        if reply is not None:
-            self._send(reply, req.request_id)
+        self._send(reply, req.request_id)
 
     def _send(self, reply: HttpReply, request_id: str, close: bool = False) -> None:
         if self.lost:

@@ -191,18 +191,18 @@ class Gateway:
         key = conn.session_key
         try:
             await backend.touch(key)
-        except Exception as exc:  # noqa: BLE001 - Redis errors here are logged; the socket stays
+        except Exception as exc:
             self.log.warn("could not write last_active", request_id=conn.request_id, error=str(exc))
         if conn.kind != USER or conn.ended:
             return
         pair = (conn.company, conn.agent)
         try:
             await backend.register_route(chats_route_key(*pair))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log.warn("could not register chats route", request_id=conn.request_id, error=str(exc))
         try:
             chat = await backend.load_selected_chat(key)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log.warn("could not restore selected chat", request_id=conn.request_id, error=str(exc))
             chat = None
         if chat is None or not is_valid_id(chat) or conn.ended or conn.chat is not None:
@@ -210,7 +210,7 @@ class Gateway:
         try:
             if not self.registry.chat_selected(pair, chat):
                 await backend.register_route(message_route_key(pair[0], pair[1], chat))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log.warn("could not register message route", request_id=conn.request_id, error=str(exc))
         if not conn.ended and conn.chat is None:
             self.registry.select_chat(conn, pair, None, chat)
@@ -246,14 +246,14 @@ class Gateway:
         if session_key is not None:
             try:
                 await backend.release(session_key)
-            except Exception as exc:  # noqa: BLE001 - the lock then expires by its TTL
+            except Exception as exc:
                 self.log.warn("could not release session lock", error=str(exc))
         for key in routes:
             if self._route_needed(key):
                 continue  # a socket registered again meanwhile
             try:
                 await backend.unregister_route(key)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warn("could not unregister route", error=str(exc))
 
     def _route_needed(self, key: str) -> bool:
@@ -358,7 +358,7 @@ class Gateway:
         if not self.registry.chat_selected(pair, chat):
             try:
                 await backend.register_route(message_route_key(pair[0], pair[1], chat))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warn("select_chat route registration failed", request_id=conn.request_id, error=str(exc))
                 conn.send_error(SELECT_ROUTE_FAILED)
                 return
@@ -371,12 +371,12 @@ class Gateway:
         try:
             await backend.save_selected_chat(conn.session_key, chat)
             await backend.touch(conn.session_key)
-        except Exception as exc:  # noqa: BLE001 - the selection stands; persistence is best effort
+        except Exception as exc:
             self.log.warn("could not persist selected chat", request_id=conn.request_id, error=str(exc))
         if old_released and old is not None and not self.registry.chat_selected(pair, old):
             try:
                 await backend.unregister_route(message_route_key(pair[0], pair[1], old))
-            except Exception as exc:  # noqa: BLE001 - SREM errors are ignored (SPEC §6.2)
+            except Exception as exc:
                 self.log.debug("could not unregister old message route", error=str(exc))
 
     # --- events -----------------------------------------------------------------------------
@@ -394,7 +394,7 @@ class Gateway:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 self.sweep(time.monotonic())
-            except Exception as exc:  # noqa: BLE001 - the sweep must survive anything
+            except Exception as exc:
                 self.log.error("sweep failed", error=repr(exc))
 
     def sweep(self, now: float) -> None:
