@@ -1,0 +1,236 @@
+"""Dispatch logic (SPEC §7.2-7.3) without sockets: fake transports record every write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame
+from websockets.streams import StreamReader
+
+from daisi_ws import hotpath
+from daisi_ws.gateway.hub import SCOPE_ADMINS, SCOPE_USERS, Hub, parse_subject
+from daisi_ws.gateway.registry import Registry
+from daisi_ws.log import Logger
+from daisi_ws.metrics import metrics
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeConn(hotpath.SendQueue):
+    __slots__ = ("deflate_bits", "name")
+
+    def __init__(self, name: str, deflate_bits: int = 0) -> None:
+        super().__init__(100, hotpath.POLICIES["drop_oldest"], hotpath.DropStats())
+        self.name = name
+        self.transport = FakeTransport()
+        self.deflate_bits = deflate_bits
+
+    def frames(self) -> list[dict[str, Any]]:
+        """Decode everything written, with websockets' own frame parser."""
+        reader = StreamReader()
+        for chunk in self.transport.writes:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        out = []
+        # websockets' own permessage-deflate decoder: our compressed frames must satisfy it
+        extensions = [PerMessageDeflate(True, True, 15, self.deflate_bits)] if self.deflate_bits else []
+        while True:
+            parser = Frame.parse(reader.read_exact, mask=False, extensions=extensions)
+            try:
+                next(parser)
+            except StopIteration as stop:
+                frame = stop.value
+            except EOFError:
+                break
+            else:
+                break
+            out.append(orjson.loads(frame.data))
+        return out
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(Registry(), metrics(), Logger(level="error"), compression_threshold=128)
+
+
+def add_user(hub: Hub, name: str, company: str, agent: str, chat: str | None = None) -> FakeConn:
+    conn = FakeConn(name)
+    hub.registry.add_user(conn, (company, agent))
+    if chat is not None:
+        hub.registry.select_chat(conn, (company, agent), None, chat)
+    return conn
+
+
+def add_admin(hub: Hub, name: str, company: str, agent: str) -> FakeConn:
+    conn = FakeConn(name)
+    hub.registry.add_admin(conn, (company, agent))
+    return conn
+
+
+async def tick() -> None:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def test_parse_subject() -> None:
+    p = parse_subject("websocket.c.a.messages.chat1")
+    assert p is not None and (p.company, p.agent, p.kind, p.chat) == ("c", "a", "messages", "chat1")
+    p = parse_subject("websocket.c.a.custom")
+    assert p is not None and p.kind == "custom" and p.chat is None
+    for bad in ("websocket.c.a", "other.c.a.chats", "websocket.c.a.messages", ""):
+        assert parse_subject(bad) is None
+
+
+async def test_event_frame_is_spliced_verbatim_with_event_type_inserted(hub: Hub) -> None:
+    conn = add_user(hub, "u", "acme", "agent-7", chat="c9")
+    payload = b'  {"event_id":"e1","chat_id":"c9","row_data":{"b":1,"a":2}}\n'
+    assert hub.dispatch("websocket.acme.agent-7.messages.c9", payload) == 1
+    await tick()
+    assert conn.transport.writes == [
+        hotpath.build_text_frame(
+            b'{"type":"event","payload":{"event_type":"message","event_id":"e1","chat_id":"c9","row_data":{"b":1,"a":2}}}'
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("chats", "chat"), ("agents", "agent"), ("contacts", "contact"), ("custom\u00e9", "custom\u00e9")],
+)
+async def test_event_type_by_subject_type(hub: Hub, kind: str, expected: str) -> None:
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch(f"websocket.c.a.{kind}", b"{}")
+    await tick()
+    assert conn.frames() == [{"type": "event", "payload": {"event_type": expected}}]
+
+
+async def test_existing_event_type_untouched(hub: Hub) -> None:
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"x": 1, "event_type": "custom"}')
+    await tick()
+    assert conn.transport.writes == [hotpath.build_text_frame(b'{"type":"event","payload":{"x": 1, "event_type": "custom"}}')]
+
+
+@pytest.mark.parametrize("payload", [b"[]", b"1", b'"s"', b"{", b"", b"null", b"{\"a\":}", b"\xff{}"])
+async def test_malformed_payload_dropped_and_counted(hub: Hub, payload: bytes) -> None:
+    conn = add_user(hub, "u", "c", "a")
+    counter = metrics().events_dropped.labels("malformed")
+    before = counter._value.get()
+    assert hub.dispatch("websocket.c.a.chats", payload) == 0
+    await tick()
+    assert conn.transport.writes == []
+    assert counter._value.get() == before + 1
+
+
+async def test_invalid_subject_dropped_and_counted(hub: Hub) -> None:
+    add_user(hub, "u", "c", "a")
+    counter = metrics().events_dropped.labels("invalid_subject")
+    before = counter._value.get()
+    assert hub.dispatch("websocket.c.a.messages", b"{}") == 0
+    assert counter._value.get() == before + 1
+
+
+async def test_messages_only_to_sockets_selecting_the_chat(hub: Hub) -> None:
+    on_chat = add_user(hub, "u1", "c", "a", chat="x")
+    other_chat = add_user(hub, "u2", "c", "a", chat="y")
+    no_chat = add_user(hub, "u3", "c", "a")
+    other_pair = add_user(hub, "u4", "c", "b", chat="x")
+    assert hub.dispatch("websocket.c.a.messages.x", b'{"event_id":"m"}') == 1
+    assert hub.dispatch("websocket.c.a.chats", b'{"event_id":"c"}') == 3
+    await tick()
+    assert [f["payload"]["event_id"] for f in on_chat.frames()] == ["m", "c"]
+    assert [f["payload"]["event_id"] for f in other_chat.frames()] == ["c"]
+    assert [f["payload"]["event_id"] for f in no_chat.frames()] == ["c"]
+    assert other_pair.frames() == []
+
+
+async def test_admin_filters(hub: Hub) -> None:
+    everything = add_admin(hub, "all", "*", "*")
+    company = add_admin(hub, "company", "c", "*")
+    agent = add_admin(hub, "agent", "*", "a")
+    exact = add_admin(hub, "exact", "c", "a")
+    elsewhere = add_admin(hub, "elsewhere", "d", "*")
+    user = add_user(hub, "user", "c", "a")
+    assert hub.dispatch("websocket.c.a.agents", b"{}") == 5
+    assert hub.dispatch("websocket.c.a.chats", b"{}") == 1  # admins get agents events only
+    await tick()
+    for conn in (everything, company, agent, exact):
+        assert len(conn.frames()) == 1, conn.name
+    assert elsewhere.frames() == []
+    assert len(user.frames()) == 2
+
+
+async def test_scoped_dispatch_never_double_delivers(hub: Hub) -> None:
+    admin = add_admin(hub, "admin", "*", "*")
+    user = add_user(hub, "user", "c", "a")
+    # interest mode: the user subscription and the admin subscription both see the event
+    assert hub.dispatch("websocket.c.a.agents", b"{}", SCOPE_USERS) == 1
+    assert hub.dispatch("websocket.c.a.agents", b"{}", SCOPE_ADMINS, ("*", "*")) == 1
+    assert hub.dispatch("websocket.c.a.agents", b"{}", SCOPE_ADMINS, ("c", "*")) == 0
+    await tick()
+    assert len(admin.frames()) == 1
+    assert len(user.frames()) == 1
+
+
+async def test_burst_is_coalesced_into_one_write_per_socket(hub: Hub) -> None:
+    conns = [add_user(hub, f"u{i}", "c", "a") for i in range(3)]
+    for i in range(10):
+        hub.dispatch("websocket.c.a.chats", orjson.dumps({"event_id": str(i)}))
+    await tick()
+    for conn in conns:
+        assert len(conn.transport.writes) == 1
+        assert [f["payload"]["event_id"] for f in conn.frames()] == [str(i) for i in range(10)]
+
+
+async def test_compressed_once_per_window_size(hub: Hub) -> None:
+    plain = add_user(hub, "plain", "c", "a")
+    deflated = [FakeConn(f"d{i}", deflate_bits=15) for i in range(2)]
+    for conn in deflated:
+        hub.registry.add_user(conn, ("c", "a"))
+    hub.compression_used = True
+    big = orjson.dumps({"event_id": "big", "row_data": "x" * 500})
+    small = b'{"event_id":"small"}'
+    hub.dispatch("websocket.c.a.chats", big)
+    hub.dispatch("websocket.c.a.chats", small)
+    await tick()
+    assert [f["payload"]["event_id"] for f in plain.frames()] == ["big", "small"]
+    for conn in deflated:
+        assert [f["payload"]["event_id"] for f in conn.frames()] == ["big", "small"]
+        assert conn.transport.writes[0][0] & 0x40  # first frame has RSV1: compressed
+    assert deflated[0].transport.writes == deflated[1].transport.writes
+    assert len(deflated[0].transport.writes[0]) < len(plain.transport.writes[0]) // 2
+
+
+async def test_activity_hook_only_for_user_deliveries(hub: Hub) -> None:
+    seen: list[tuple[str, str, str | None]] = []
+    hub.activity = lambda c, a, chat: seen.append((c, a, chat))
+    add_user(hub, "u", "c", "a", chat="x")
+    add_admin(hub, "admin", "*", "*")
+    hub.dispatch("websocket.c.a.messages.x", b"{}")
+    hub.dispatch("websocket.c.a.messages.y", b"{}")  # nobody selects y
+    hub.dispatch("websocket.z.z.agents", b"{}")  # admin only
+    hub.dispatch("websocket.c.a.chats", b"{}")
+    assert seen == [("c", "a", "x"), ("c", "a", None)]
+
+
+def test_count_recipients(hub: Hub) -> None:
+    add_user(hub, "u1", "c", "a", chat="x")
+    add_user(hub, "u2", "c", "a")
+    add_admin(hub, "admin", "c", "*")
+    assert hub.count_recipients("websocket.c.a.chats") == 2
+    assert hub.count_recipients("websocket.c.a.messages.x") == 1
+    assert hub.count_recipients("websocket.c.a.agents") == 3
+    assert hub.count_recipients("bad") == 0
