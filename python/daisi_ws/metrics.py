@@ -6,15 +6,49 @@ pre-labelled children (a `.labels()` lookup costs more than the increment) and b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 USER_TYPES = ("user", "admin")
 TOKEN_TYPES = ("company", "admin")
 SUBJECT_TYPES = ("chats", "messages", "agents", "contacts", "other")
 KEY_TYPES = ("session_lock", "chat_route", "message_route")
+
+# (metric name without _total, label values, value)
+CountSample = tuple[str, tuple[str, ...], float]
+
+# Counters that hot paths keep as plain integers (a prometheus increment costs more than
+# a token-cache hit); they are summed over their sources at scrape time.
+SCRAPED_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dws_auth_success": ("Successful token validations", ("token_type",)),
+    "dws_token_cache_hits": ("Token cache hits", ("token_type",)),
+    "dws_token_cache_misses": ("Token cache misses", ("token_type",)),
+    "dws_websocket_messages_dropped": ("Outbound frames discarded", ("reason",)),
+}
+
+
+class ScrapedCounters(Collector):
+    """Counter families read from registered sources when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[CountSample]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        for source in self.sources:
+            for name, labels, value in source():
+                totals[(name, labels)] += value
+        for name, (doc, labelnames) in SCRAPED_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=list(labelnames))
+            for (metric, labels), value in totals.items():
+                if metric == name:
+                    family.add_metric(list(labels), value)
+            yield family
 
 
 class Metrics:
@@ -36,13 +70,8 @@ class Metrics:
             "dws_messages_received", "Client messages received", ["message_type"], registry=r
         )
         self.messages_sent = Counter("dws_messages_sent", "Frames sent to clients", ["message_type"], registry=r)
-        self.auth_success = Counter("dws_auth_success", "Successful token validations", ["token_type"], registry=r)
         self.auth_failure = Counter(
             "dws_auth_failure", "Failed token validations", ["token_type", "reason"], registry=r
-        )
-        self.token_cache_hits = Counter("dws_token_cache_hits", "Token cache hits", ["token_type"], registry=r)
-        self.token_cache_misses = Counter(
-            "dws_token_cache_misses", "Token cache misses", ["token_type"], registry=r
         )
         self.session_conflicts = Counter(
             "dws_session_conflicts", "Session takeovers begun", ["user_type"], registry=r
@@ -73,12 +102,11 @@ class Metrics:
         self.buffer_capacity = Gauge(
             "dws_websocket_buffer_capacity_count", "Outbound frame capacity", registry=r
         )
-        self.frames_dropped = Counter(
-            "dws_websocket_messages_dropped", "Outbound frames discarded", ["reason"], registry=r
-        )
         self.slow_clients = Counter(
             "dws_websocket_slow_clients_disconnected", "Sockets closed 1008 Slow consumer", registry=r
         )
+        self.scraped = ScrapedCounters()
+        r.register(self.scraped)
         ttl_buckets = [float(2**k) for k in range(16)]
         self.ttl_calculated = Histogram(
             "dws_redis_ttl_calculated_seconds", "Adaptive TTLs", ["key_type"], buckets=ttl_buckets, registry=r
@@ -102,6 +130,10 @@ class Metrics:
         self.nats_received_by_type = {t: self.nats_received.labels(t) for t in SUBJECT_TYPES}
         self.forward_sent_by_type = {t: self.forward_sent.labels(t) for t in SUBJECT_TYPES}
         self.forward_received_by_type = {t: self.forward_received.labels(t) for t in SUBJECT_TYPES}
+
+    def add_count_source(self, source: Callable[[], Iterable[CountSample]]) -> None:
+        """Register a callable yielding counts of SCRAPED_COUNTERS (kept for the process)."""
+        self.scraped.sources.append(source)
 
     def bind_buffer_gauges(self, used: Callable[[], float], capacity: Callable[[], float]) -> None:
         """Buffer gauges are computed at scrape time from the live sockets."""

@@ -88,6 +88,7 @@ class Gateway:
         self._loop: AbstractEventLoop | None = None
         self.apply_settings(settings)
         metrics.bind_buffer_gauges(self._buffer_used, self._buffer_capacity)
+        metrics.add_count_source(self._drop_counts)
 
     def apply_settings(self, settings: Settings) -> None:
         """Settings that apply at once on reload (socket settings to later sockets)."""
@@ -98,7 +99,10 @@ class Gateway:
         self.deflate_factories = make_deflate_factories(app.websocket_compression_mode)
         self.hub.compression_threshold = app.websocket_compression_threshold
 
-    # --- metrics gauges ---------------------------------------------------------------------
+    # --- metrics read at scrape time ---------------------------------------------------------
+    def _drop_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
+        return [("dws_websocket_messages_dropped", (reason,), n) for reason, n in self.drop_stats.as_dict().items()]
+
     def _buffer_used(self) -> float:
         return float(sum(len(c) for c in self.registry.all))
 
