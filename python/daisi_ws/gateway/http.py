@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from daisi_ws.gateway.server import Gateway
 
 MAX_BODY = 1 << 20
+LINGER_SECONDS = 2.0
 SUBPROTOCOL = Subprotocol("json.v1")
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
@@ -312,7 +313,7 @@ def deflate_bits(hs: ServerProtocol) -> int:
 
 # --- the per-TCP-connection protocol -------------------------------------------------------
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_busy", "_req", "_timer", "conn", "gw", "lost", "transport", "upgraded")
+    __slots__ = ("_body", "_busy", "_draining", "_req", "_timer", "conn", "gw", "lost", "transport", "upgraded")
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -324,6 +325,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.lost = False
         self.upgraded = False
+        self._draining = False  # answered 413: discard the rest of the body, then close
 
     # asyncio callbacks
     def connection_made(self, transport: Any) -> None:
@@ -332,7 +334,7 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self.gw.settings.app.read_timeout_seconds)
 
     def data_received(self, data: bytes) -> None:
-        if self.upgraded:
+        if self.upgraded or self._draining:
             return
         try:
             self.conn.receive_data(data)
@@ -341,7 +343,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        if not self.upgraded:
+        if not self.upgraded and not self._draining:
             try:
                 self.conn.receive_data(b"")
             except RuntimeError:
@@ -410,6 +412,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        self._req = None  # the failed request is not a HEAD whose answer has no body
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
             self._send(HttpReply(status, b"Bad Request\n", [(b"content-type", TEXT)]), "", close=True)
@@ -419,6 +422,9 @@ class HttpProtocol(asyncio.Protocol):
     def _too_large(self) -> None:
         reply = error_reply(413, BAD_REQUEST, "Request body too large", "Maximum is 1048576 bytes.")
         rid = self._req.request_id if self._req else str(uuid.uuid4())
+        # Lingering close: closing with the client's body still arriving would reset the
+        # connection before it reads the 413. Answer, send FIN, discard input for a while.
+        self._draining = True
         self._send(reply, rid, close=True)
 
     def _handle(self, req: Req) -> None:
@@ -462,7 +468,7 @@ class HttpProtocol(asyncio.Protocol):
             headers.append((b"connection", b"close"))
         try:
             data = conn.send(h11.Response(status_code=reply.status, headers=headers))
-            if reply.body:
+            if reply.body and not (self._req is not None and self._req.method == "HEAD"):
                 data += conn.send(h11.Data(data=reply.body)) or b""
             data += conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
@@ -470,6 +476,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.transport.write(data or b"")
         self._busy = False
+        if self._draining and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._arm(LINGER_SECONDS)  # _timed_out closes it
+            return
         if close or conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
             return

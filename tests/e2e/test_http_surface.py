@@ -1,0 +1,267 @@
+"""SPEC §1.1, §1.3, §1.4: routes, 404/405, HEAD, request ids, 413, health, ready, metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+
+from daisi_ws import hotpath
+from tests.e2e.helpers import (
+    UUID4,
+    assert_json_error,
+    metric,
+    publish_ok,
+    raw_http,
+    split_response,
+    ws_path,
+)
+from tests.support import ServerProcess, http_request
+
+NOT_FOUND = b"404 page not found\n"
+NOT_ALLOWED = b"Method Not Allowed\n"
+TEXT = "text/plain; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/nope",
+        "/health/",
+        "/HEALTH",
+        "/ws",
+        "/ws/",
+        "/ws/a",
+        "/ws/a/",
+        "/ws//b",
+        "/ws/a/b/c",
+        "/ws/admin/",
+        "/ws/admin/x",
+        "/ws/admin/x/y",
+        "/ws/admin/generate-token",
+        "/generate-token/x",
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unknown_paths_are_404(server: ServerProcess, path: str, method: str) -> None:
+    status, headers, body = http_request(server.http + path, method, b"" if method == "POST" else None)
+    assert status == 404
+    assert headers["content-type"] == TEXT
+    assert body == NOT_FOUND
+    assert UUID4.match(headers["x-request-id"])
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "allow"),
+    [
+        ("/health", "POST", "GET, HEAD"),
+        ("/healthz", "PUT", "GET, HEAD"),
+        ("/ready", "DELETE", "GET, HEAD"),
+        ("/metrics", "POST", "GET, HEAD"),
+        ("/generate-token", "GET", "POST"),
+        ("/admin/generate-token", "GET", "POST"),
+        ("/api/publish", "GET", "POST"),
+        ("/api/publish", "PUT", "POST"),
+        ("/ws/c/a", "POST", "GET"),
+        ("/ws/admin", "POST", "GET"),
+        ("/ws/admin", "DELETE", "GET"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(server: ServerProcess, path: str, method: str, allow: str) -> None:
+    # no API key: the method is checked before any credential (SPEC §3.1 steps 2-3)
+    status, headers, body = http_request(server.http + path, method, b"{}" if method in ("POST", "PUT") else None)
+    assert status == 405
+    assert headers["content-type"] == TEXT
+    assert headers["allow"] == allow
+    assert body == NOT_ALLOWED
+    assert "x-request-id" in headers
+
+
+@pytest.mark.parametrize("path", ["/ws/c/a", "/generate-token"])
+def test_head_on_non_get_route_is_405_without_body(server: ServerProcess, path: str) -> None:
+    raw = raw_http(server.port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status, headers, body = split_response(raw)
+    assert status == 405
+    assert headers["allow"] == ("GET" if path.startswith("/ws/") else "POST")
+    assert body == b""
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz", "/ready", "/metrics"])
+def test_head_has_headers_but_no_body(server: ServerProcess, path: str) -> None:
+    raw = raw_http(server.port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status, headers, body = split_response(raw)
+    assert status == 200
+    assert "x-request-id" in headers
+    assert headers["content-type"]
+    assert body == b""  # nothing after the header block
+
+
+def test_head_keeps_the_connection_usable(server: ServerProcess) -> None:
+    """A HEAD answer without body must not desynchronise keep-alive."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("HEAD", "/health")
+        r1 = conn.getresponse()
+        assert r1.status == 200 and r1.read() == b""
+        conn.request("GET", "/health")
+        r2 = conn.getresponse()
+        assert r2.status == 200 and r2.read() == b'{"status":"OK"}\n'
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz"])
+def test_health(server: ServerProcess, path: str) -> None:
+    status, headers, body = http_request(server.http + path)
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert body == b'{"status":"OK"}\n'
+
+
+def test_ready_embedded(server: ServerProcess) -> None:
+    status, headers, body = http_request(server.http + "/ready")
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert body == b'{"status":"READY","dependencies":{"nats":"embedded","redis":"embedded"}}\n'
+
+
+def test_query_string_does_not_change_the_route(server: ServerProcess) -> None:
+    status, _, body = http_request(server.http + "/health?x=1&y=%20")
+    assert status == 200 and body == b'{"status":"OK"}\n'
+
+
+# --- request ids -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "rid",
+    ["abc", "A-b_c.d:e/f=g+h", "x" * 128, "!~", '{"quoted"}'],
+)
+def test_valid_request_id_is_echoed(server: ServerProcess, rid: str) -> None:
+    for path in ("/health", "/nope"):
+        _, headers, _ = http_request(server.http + path, headers={"X-Request-ID": rid})
+        assert headers["x-request-id"] == rid
+
+
+@pytest.mark.parametrize("rid", ["", "x" * 129, "has space", "tab\there", "caf\xe9"])
+def test_invalid_request_id_is_replaced_by_uuid4(server: ServerProcess, rid: str) -> None:
+    _, headers, _ = http_request(server.http + "/health", headers={"X-Request-ID": rid})
+    assert headers["x-request-id"] != rid
+    assert UUID4.match(headers["x-request-id"])
+
+
+def test_missing_request_ids_are_fresh_uuid4s(server: ServerProcess) -> None:
+    seen = {http_request(server.http + "/health")[1]["x-request-id"] for _ in range(3)}
+    assert len(seen) == 3
+    assert all(UUID4.match(r) for r in seen)
+
+
+def test_request_id_on_error_responses(server: ServerProcess) -> None:
+    rid = "req-err-1"
+    status, headers, _ = http_request(server.http + "/generate-token", "POST", b"{}", {"X-Request-ID": rid})
+    assert status == 401 and headers["x-request-id"] == rid
+    status, headers, _ = http_request(server.http + "/health", "POST", b"", {"X-Request-ID": rid})
+    assert status == 405 and headers["x-request-id"] == rid
+
+
+async def test_request_id_on_101(server: ServerProcess) -> None:
+    url = server.user_url("rid", "a", "u")
+    async with connect(url, additional_headers={"X-Request-ID": "upgrade-42"}) as ws:
+        assert ws.response.status_code == 101
+        assert ws.response.headers["X-Request-ID"] == "upgrade-42"
+    async with connect(url, additional_headers={"X-Request-ID": "bad id"}) as ws:
+        assert UUID4.match(ws.response.headers["X-Request-ID"])
+    async with connect(url) as ws:
+        assert UUID4.match(ws.response.headers["X-Request-ID"])
+
+
+# --- body limit --------------------------------------------------------------------------------
+TOO_LARGE = ("BadRequest", "Request body too large", "Maximum is 1048576 bytes.")
+
+
+@pytest.mark.parametrize("path", ["/api/publish", "/generate-token", "/admin/generate-token"])
+def test_body_over_1_mib_is_413(server: ServerProcess, path: str) -> None:
+    key = server.keys.api if path == "/generate-token" else server.keys.admin_api
+    reply = http_request(server.http + path, "POST", b" " * (1024 * 1024 + 1), {"X-API-Key": key, "X-Request-ID": "big-1"})
+    assert_json_error(reply, 413, *TOO_LARGE)
+    assert reply[1]["x-request-id"] == "big-1"
+
+
+def test_chunked_body_over_1_mib_is_413(server: ServerProcess) -> None:
+    def chunks():  # http.client sends a generator with Transfer-Encoding: chunked
+        for _ in range(17):
+            yield b" " * 65536
+
+    reply = http_request(server.http + "/api/publish", "POST", chunks(), {"X-API-Key": server.keys.admin_api})  # type: ignore[arg-type]
+    assert_json_error(reply, 413, *TOO_LARGE)
+
+
+def test_body_of_exactly_1_mib_is_read(server: ServerProcess) -> None:
+    body = json.dumps({"subject": "websocket.c.a.chats", "payload": {"pad": ""}}).encode()
+    body += b" " * (1024 * 1024 - len(body))
+    assert len(body) == 1024 * 1024
+    status, _, out = http_request(server.http + "/api/publish", "POST", body, {"X-API-Key": server.keys.admin_api})
+    assert status == 200, out
+    assert out == b'{"delivered_local":0}\n'
+    assert http_request(server.http + "/health")[0] == 200
+
+
+# --- percent-decoded path segments (SPEC §1.1) ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw_company", "raw_agent", "company", "agent"),
+    [
+        ("ac%6De", "ag%65nt", "acme", "agent"),
+        ("a%2Fb", "c", "a/b", "c"),  # %2F is part of a segment: split first, decode after
+        ("%C3%A9t%C3%A9", "x", "\xe9t\xe9", "x"),
+        ("a+b", "c", "a+b", "c"),  # '+' is a space only in query strings
+    ],
+)
+async def test_path_segments_are_percent_decoded(
+    server: ServerProcess, raw_company: str, raw_agent: str, company: str, agent: str
+) -> None:
+    token = server.keys.user_token(company, agent, "u1")
+    path = ws_path("X", "Y", token, server.keys.api).replace("/ws/X/Y", f"/ws/{raw_company}/{raw_agent}")
+    async with connect(server.ws + path) as ws:
+        assert await ws.recv() == '{"type":"ready"}'
+        subject = f"websocket.{company}.{agent}.chats"
+        assert publish_ok(server, subject, {"n": 1}) == 1
+        assert json.loads(await ws.recv())["payload"] == {"event_type": "chat", "n": 1}
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def test_metrics_exposition(server: ServerProcess) -> None:
+    status, headers, body = http_request(server.http + "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    native = "true" if hotpath.NATIVE else "false"
+    build = [line for line in text.splitlines() if line.startswith("dws_build_info{")]
+    assert len(build) == 1, build
+    assert f'native="{native}"' in build[0]
+    assert 'version="' in build[0]
+    assert build[0].endswith(" 1.0")
+    assert "# TYPE dws_active_connections gauge" in text
+    assert "process_resident_memory_bytes" in text  # default process collectors
+
+
+async def test_metrics_move(server: ServerProcess) -> None:
+    active0 = metric(server, "dws_active_connections")
+    total0 = metric(server, "dws_connections_total")
+    events0 = metric(server, "dws_messages_sent_total", message_type="event")
+    ready0 = metric(server, "dws_messages_sent_total", message_type="ready")
+    fail0 = metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content")
+    async with connect(server.user_url("m", "a", "u1")) as ws:
+        assert await ws.recv() == '{"type":"ready"}'
+        assert metric(server, "dws_active_connections") == active0 + 1
+        assert metric(server, "dws_connections_total") == total0 + 1
+        assert metric(server, "dws_messages_sent_total", message_type="ready") == ready0 + 1
+        publish_ok(server, "websocket.m.a.chats", {})
+        await ws.recv()
+        assert metric(server, "dws_messages_sent_total", message_type="event") == events0 + 1
+    assert metric(server, "dws_connections_total") == total0 + 1
+    from tests.support import wait_for
+
+    assert wait_for(lambda: metric(server, "dws_active_connections") == active0)
+    http_request(server.http + ws_path("m", "a", "garbage", server.keys.api))
+    assert metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content") == fail0 + 1
