@@ -8,6 +8,8 @@ One `HttpProtocol` per TCP connection parses requests with h11 (keep-alive, pipe
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -235,7 +237,44 @@ def publish(gw: Gateway, req: Req) -> HttpReply | Awaitable[HttpReply]:
     payload = body.get("payload")
     if not isinstance(payload, dict):
         return error_reply(400, BAD_REQUEST, "Invalid payload", "payload must be a JSON object.")
-    return publish_async(gw, subject, orjson.dumps(payload), req.request_id)
+    try:
+        raw = raw_member(req.body, "payload")  # published unchanged (SPEC §1.7), never re-serialised
+    except (ValueError, IndexError, RecursionError):  # too deep for the stdlib scanner
+        raw = None
+    return publish_async(gw, subject, raw if raw is not None else orjson.dumps(payload), req.request_id)
+
+
+_JSON_SCANNER = json.JSONDecoder()
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, idx: int) -> int:
+    m = _JSON_WS.match(text, idx)
+    assert m is not None  # "*" always matches
+    return m.end()
+
+
+def raw_member(body: bytes, name: str) -> bytes | None:
+    """The exact bytes of the last top-level member `name` of a JSON object body.
+
+    The body must already be known to be a valid JSON object (orjson parsed it); the stdlib
+    scanner is only used to find where each top-level value starts and ends.
+    """
+    text = body.decode("utf-8")
+    skip = _skip
+    idx = skip(text, skip(text, 0) + 1)  # past "{"
+    found: tuple[int, int] | None = None
+    while text[idx] == '"':
+        key, idx = _JSON_SCANNER.raw_decode(text, idx)
+        start = skip(text, skip(text, idx) + 1)  # past ":"
+        _, idx = _JSON_SCANNER.raw_decode(text, start)
+        if key == name:
+            found = (start, idx)
+        idx = skip(text, idx)
+        if text[idx] != ",":
+            break
+        idx = skip(text, idx + 1)
+    return text[found[0] : found[1]].encode("utf-8") if found is not None else None
 
 
 # --- WebSocket handshake (SPEC §3) ---------------------------------------------------------
