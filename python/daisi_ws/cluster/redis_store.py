@@ -1,0 +1,667 @@
+"""The Redis half of shared mode (SPEC §5, §6): session locks, kill switch, route registry,
+renewal loop with adaptive TTLs. Keys, values, scripts and channels are exactly SPEC's, so
+pods of the Go service can share the same Redis.
+
+Cost model (DESIGN.md): an uncontended acquire is ONE round trip (SET NX EX); renewal is a
+handful of pipelined round trips per tick for all sockets together; event delivery never
+touches Redis in interest mode (route activity keys are written at most once per key per
+refresh interval, batched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from daisi_ws.cluster.base import LockError
+from daisi_ws.config import AdaptiveRule, Settings
+from daisi_ws.log import Logger
+from daisi_ws.metrics import KEY_TYPES, USER_TYPES, Metrics
+from daisi_ws.protocol import (
+    PODS_KEY,
+    chats_route_key,
+    kill_channel,
+    message_route_key,
+)
+
+# --- scripts (SPEC §5.2): KEYS[1] = key, ARGV[1] = pod_id, ARGV[2] = TTL seconds ------------
+COMPARE_AND_DELETE = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+else
+    return 0
+end
+"""
+COMPARE_AND_EXPIRE = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("EXPIRE", KEYS[1], ARGV[2])
+else
+    return 0
+end
+"""
+MEMBER_AND_EXPIRE = """
+if redis.call("SISMEMBER", KEYS[1], ARGV[1]) == 1 then
+    return redis.call("EXPIRE", KEYS[1], ARGV[2])
+else
+    return 0
+end
+"""
+
+# --- acquisition timings (SPEC §5.3) ------------------------------------------------------
+KILL_PUBLISH_PAUSES = (0.1, 0.2)  # up to 3 attempts, 100 ms then 200 ms apart
+RETRY_WAITS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+FORCE_WAIT = 0.135
+
+# --- kill switch (SPEC §5.4) --------------------------------------------------------------
+KILL_PREFIX = "session_kill:"
+KILL_PATTERNS = ("session_kill:*:*:*", "session_kill:admin:*")
+RESUBSCRIBE_FIRST = 2.0
+RESUBSCRIBE_MAX = 30.0
+PUBSUB_IDLE_PING = 15.0  # an idle subscriber pings Redis to notice a half-open connection
+
+# Client-side limits: fail fast (a new socket gets its 500 promptly while Redis is down).
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+POOL_SIZE = 128
+PIPELINE_CHUNK = 2000  # commands per pipelined round trip in a renewal tick
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 `[::1]:6379` too); the port defaults to 6379."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address.strip("[]"), 6379
+    return host.strip("[]"), int(port)
+
+
+def make_client(settings: Settings) -> Redis:
+    host, port = parse_address(settings.redis.address)
+    pool = BlockingConnectionPool(
+        host=host,
+        port=port,
+        db=settings.redis.db,
+        password=settings.redis.password or None,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),  # no hidden retries: each caller decides (SPEC §5.3)
+        max_connections=POOL_SIZE,
+        timeout=COMMAND_TIMEOUT,
+    )
+    return Redis(connection_pool=pool)
+
+
+def now_text(now: float) -> bytes:
+    return str(int(now)).encode()
+
+
+# --- adaptive TTL (SPEC §5.6) -------------------------------------------------------------
+ERROR = object()  # marker: the activity GET failed
+
+
+def decide_ttl(rule: AdaptiveRule, default_ttl: int, now: float, value: Any) -> tuple[int, str, float | None]:
+    """(ttl, decision, activity age or None) for one key.
+
+    `value` is the raw GET of the activity key: None (absent), bytes/str, or an exception /
+    `ERROR` when the GET failed. The rule's min/max clamp the values the rule produced;
+    a disabled rule or an unusable activity value yields the default TTL unchanged.
+    """
+    if not rule.enabled:
+        return default_ttl, "disabled_config", None
+    if value is ERROR or isinstance(value, BaseException):
+        return default_ttl, "error_fetching_activity", None
+    age: float | None = None
+    if value is None:
+        ttl, decision = rule.inactive_ttl_seconds, "inactive_no_key"
+    else:
+        try:
+            stamp = int(value)
+        except (TypeError, ValueError):
+            return default_ttl, "error_fetching_activity", None
+        age = now - stamp
+        if age <= rule.activity_threshold_seconds:
+            ttl, decision = rule.active_ttl_seconds, "active"
+        else:
+            ttl, decision = rule.inactive_ttl_seconds, "inactive_threshold"
+    ttl = max(ttl, rule.min_ttl_seconds)
+    ttl = min(ttl, rule.max_ttl_seconds)
+    return ttl, decision, age
+
+
+class RedisStore:
+    """One client, the three scripts, settings and pre-labelled metric children."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, log: Logger) -> None:
+        self.settings = settings
+        self.pod_id = settings.server.pod_id
+        self.pod_bytes = self.pod_id.encode()
+        self.metrics = metrics
+        self.log = log
+        self.client = make_client(settings)
+        self.compare_and_delete = self.client.register_script(COMPARE_AND_DELETE)
+        self.compare_and_expire = self.client.register_script(COMPARE_AND_EXPIRE)
+        self.member_and_expire = self.client.register_script(MEMBER_AND_EXPIRE)
+        m = metrics
+        lock_types = ("initial_setnx", "retry_setnx", "force_set", "reassert")
+        self.lock_attempt = {(u, t): m.lock_attempts.labels(u, t) for u in USER_TYPES for t in lock_types}
+        self.lock_success = {(u, t): m.lock_success.labels(u, t) for u in USER_TYPES for t in lock_types}
+        self.conflicts = {u: m.session_conflicts.labels(u) for u in USER_TYPES}
+        self.renew_attempt = {u: m.renewal_attempts.labels(u) for u in USER_TYPES}
+        self.renew_success = {u: m.renewal_success.labels(u) for u in USER_TYPES}
+        self.ttl_observed = {k: m.ttl_calculated.labels(k) for k in KEY_TYPES}
+        self.age_observed = {k: m.activity_age.labels(k) for k in KEY_TYPES}
+
+    def pipeline(self) -> Pipeline:
+        return self.client.pipeline(transaction=False)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def observe_ttl(self, key_type: str, ttl: int, decision: str, age: float | None) -> None:
+        self.ttl_observed[key_type].observe(ttl)
+        if age is not None:
+            self.age_observed[key_type].observe(max(age, 0.0))
+        self.metrics.ttl_decision.labels(key_type, decision).inc()
+
+
+# --- sessions (SPEC §5.1, §5.3) ---------------------------------------------------------------
+class SessionLocks:
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def acquire(self, key: str, user_type: str, timeout: float, local_holder: bool) -> None:
+        """SPEC §5.3; raises LockError (failure metrics counted here)."""
+        try:
+            await asyncio.wait_for(self._acquire(key, user_type, local_holder), timeout)
+        except asyncio.TimeoutError:
+            self.store.metrics.lock_failure.labels(user_type, "timeout_context_cancelled").inc()
+            raise LockError("context deadline exceeded", "timeout_context_cancelled") from None
+
+    async def _acquire(self, key: str, user_type: str, local_holder: bool) -> None:
+        store = self.store
+        r = store.client
+        pod = store.pod_bytes
+        ttl = store.settings.app.session_ttl_seconds
+        # 1. SET NX EX: the whole uncontended path is this one round trip.
+        store.lock_attempt[(user_type, "initial_setnx")].inc()
+        try:
+            ok = await r.set(key, pod, nx=True, ex=ttl)
+        except RedisError as exc:
+            store.metrics.lock_failure.labels(user_type, "redis_error_initial").inc()
+            raise LockError(f"redis error: {exc}", "redis_error_initial") from exc
+        if ok:
+            store.lock_success[(user_type, "initial_setnx")].inc()
+            return
+        store.conflicts[user_type].inc()
+        channel = kill_channel(key)
+        payload = orjson.dumps({"new_pod_id": store.pod_id})
+        if local_holder:
+            # Same-pod re-login: the lock is (normally) already ours, and our own kill would be
+            # ignored; take it at once. The gateway replaces the local holder after the 101
+            # (identity-checked, so its deregistration does not delete our lock). The kill is
+            # still published in the same round trip in case another pod took it meanwhile.
+            await self._force(key, user_type, ttl, channel, payload)
+            return
+        # 2. kill the old owner, up to 3 attempts; failure does not abort.
+        await self._publish_kill(channel, payload)
+        # 3. fast-polling retries.
+        for wait in RETRY_WAITS:
+            await asyncio.sleep(wait)
+            store.lock_attempt[(user_type, "retry_setnx")].inc()
+            try:
+                ok = await r.set(key, pod, nx=True, ex=ttl)
+            except RedisError as exc:
+                store.log.warn("session lock retry failed", error=str(exc))
+                continue
+            if ok:
+                store.lock_success[(user_type, "retry_setnx")].inc()
+                return
+        # 4. forced SET.
+        await asyncio.sleep(FORCE_WAIT)
+        await self._force(key, user_type, ttl, None, None)
+
+    async def _force(self, key: str, user_type: str, ttl: int, channel: str | None, payload: bytes | None) -> None:
+        store = self.store
+        store.lock_attempt[(user_type, "force_set")].inc()
+        try:
+            if channel is None or payload is None:
+                await store.client.set(key, store.pod_bytes, ex=ttl)
+            else:
+                pipe = store.pipeline()
+                pipe.set(key, store.pod_bytes, ex=ttl)
+                pipe.publish(channel, payload)
+                await pipe.execute()
+        except RedisError as exc:
+            store.metrics.lock_failure.labels(user_type, "redis_error_force_set").inc()
+            raise LockError(f"redis error: {exc}", "redis_error_force_set") from exc
+        store.lock_success[(user_type, "force_set")].inc()
+
+    async def _publish_kill(self, channel: str, payload: bytes) -> None:
+        r = self.store.client
+        for attempt in range(len(KILL_PUBLISH_PAUSES) + 1):
+            try:
+                await r.publish(channel, payload)
+                return
+            except RedisError as exc:
+                self.store.log.warn("kill publish failed", attempt=attempt + 1, error=str(exc))
+            if attempt < len(KILL_PUBLISH_PAUSES):
+                await asyncio.sleep(KILL_PUBLISH_PAUSES[attempt])
+
+    async def release(self, key: str) -> None:
+        """Compare-and-delete: only while this pod owns the lock."""
+        await self.store.compare_and_delete(keys=[key], args=[self.store.pod_bytes])
+
+    async def touch(self, key: str) -> None:
+        store = self.store
+        ttl = store.settings.adaptive_ttl.session_lock.max_ttl_seconds
+        await store.client.set(key + ":last_active", now_text(time.time()), ex=ttl)
+
+    async def load_selected_chat(self, key: str) -> str | None:
+        raw = await self.store.client.get(key + ":selected_chat")
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            return raw
+        try:
+            return bytes(raw).decode()
+        except UnicodeDecodeError:
+            return None
+
+    async def save_selected_chat(self, key: str, chat: str) -> None:
+        store = self.store
+        await store.client.set(key + ":selected_chat", chat, ex=store.settings.app.session_ttl_seconds)
+
+
+# --- kill switch (SPEC §5.4) ------------------------------------------------------------------
+def parse_kill(channel: str, data: bytes) -> tuple[str, str] | None:
+    """(session key, new_pod_id) of a kill message, or None if it must be skipped."""
+    if not channel.startswith(KILL_PREFIX):
+        return None
+    rest = channel[len(KILL_PREFIX) :]
+    if rest.startswith("admin:"):
+        admin_id = rest[len("admin:") :]
+        if not admin_id or ":" in admin_id:
+            return None
+    else:
+        parts = rest.split(":")
+        if len(parts) != 3 or not all(parts):
+            return None
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    new_pod_id = body.get("new_pod_id") if type(body) is dict else None
+    if type(new_pod_id) is not str:
+        return None
+    return "session:" + rest, new_pod_id
+
+
+class KillSwitch:
+    """PSUBSCRIBE to both kill families; handling is synchronous and never awaits."""
+
+    def __init__(self, store: RedisStore, on_kill: Callable[[str, str], None]) -> None:
+        self.store = store
+        self.on_kill = on_kill
+        self.subscribed = False
+        self._skipped_logged = 0.0
+
+    async def run(self) -> None:
+        backoff = RESUBSCRIBE_FIRST
+        log = self.store.log
+        while True:
+            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(*KILL_PATTERNS)
+                if not self.subscribed:
+                    log.info("kill switch subscribed", patterns=list(KILL_PATTERNS))
+                self.subscribed = True
+                backoff = RESUBSCRIBE_FIRST
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: resubscribe with backoff
+                log.warn("kill switch subscription lost; resubscribing", error=str(exc), retry_in_seconds=backoff)
+            finally:
+                self.subscribed = False
+                try:
+                    await pubsub.aclose()
+                except Exception:  # the connection is gone anyway
+                    pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESUBSCRIBE_MAX)
+
+    async def _listen(self, pubsub: Any) -> None:
+        pinged = False
+        heard = time.monotonic()
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PUBSUB_IDLE_PING)
+            now = time.monotonic()
+            if msg is None:
+                # None: a timeout, or a subscribe confirmation (which counts as traffic)
+                if now - heard < PUBSUB_IDLE_PING:
+                    continue
+                if pinged:
+                    raise ConnectionError("no answer from Redis on the kill switch connection")
+                await pubsub.ping()
+                pinged = True
+                heard = now
+                continue
+            pinged = False
+            heard = now
+            if msg.get("type") != "pmessage":
+                continue
+            self.handle(msg["channel"], msg["data"])
+
+    def handle(self, channel: Any, data: Any) -> None:
+        ch = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else str(channel)
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        parsed = parse_kill(ch, raw)
+        if parsed is None:
+            now = time.monotonic()
+            if now - self._skipped_logged >= 1.0:
+                self._skipped_logged = now
+                self.store.log.warn("skipping malformed kill message", channel=ch[:200])
+            return
+        try:
+            self.on_kill(*parsed)
+        except Exception as exc:  # the subscriber must survive any handler failure
+            self.store.log.error("kill handling failed", error=repr(exc))
+
+
+# --- routes (SPEC §6) -------------------------------------------------------------------------
+class RouteRegistry:
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def register(self, key: str) -> None:
+        store = self.store
+        pipe = store.pipeline()
+        pipe.sadd(key, store.pod_bytes)
+        pipe.expire(key, store.settings.app.route_ttl_seconds)
+        await pipe.execute()
+
+    async def unregister(self, key: str) -> None:
+        await self.store.client.srem(key, self.store.pod_bytes)
+
+    async def members(self, keys: Sequence[str]) -> list[set[bytes]]:
+        """SMEMBERS of every key in one round trip (queue-mode route lookup)."""
+        if len(keys) == 1:
+            members: set[bytes] = set(await self.store.client.smembers(keys[0]))  # type: ignore[arg-type]
+            return [members]
+        pipe = self.store.pipeline()
+        for key in keys:
+            pipe.smembers(key)
+        return [set(s) for s in await pipe.execute()]
+
+    async def remove_members(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        """SREM (key, pod) pairs, e.g. pods that no longer answer forwards."""
+        pipe = self.store.pipeline()
+        n = 0
+        for key, pod in pairs:
+            pipe.srem(key, pod)
+            n += 1
+        if n:
+            await pipe.execute()
+
+    async def add_pod(self) -> None:
+        store = self.store
+        pipe = store.pipeline()
+        pipe.sadd(PODS_KEY, store.pod_bytes)
+        pipe.expire(PODS_KEY, store.settings.app.route_ttl_seconds)
+        await pipe.execute()
+
+    async def remove_pod(self) -> None:
+        await self.store.client.srem(PODS_KEY, self.store.pod_bytes)
+
+
+# --- renewal loop (SPEC §5.6, §6.2 activity, §6.3) -----------------------------------------------
+async def _run_chunked(store: RedisStore, ops: list[Callable[[Pipeline], Any]]) -> list[Any]:
+    """Run queued pipeline operations in chunks; per-command errors come back in place."""
+    out: list[Any] = []
+    for start in range(0, len(ops), PIPELINE_CHUNK):
+        pipe = store.pipeline()
+        for op in ops[start : start + PIPELINE_CHUNK]:
+            op(pipe)
+        out.extend(await pipe.execute(raise_on_error=False))
+    return out
+
+
+class Renewal:
+    """Every ttl_refresh_interval: renew locks (re-assert expired ones, close lost ones),
+    refresh selected_chat, refresh or re-register routes, keep `dws:pods`."""
+
+    def __init__(self, store: RedisStore, routes: RouteRegistry, queue_mode: bool) -> None:
+        self.store = store
+        self.routes = routes
+        self.queue_mode = queue_mode
+        self.gateway: Any = None
+        self.stopped = False
+        # route activity (SPEC §6.2): keys written this interval, and those waiting to be
+        self._seen: set[tuple[str, str, str | None]] = set()
+        self._pending: list[tuple[str, int]] = []
+        self._flush_scheduled = False
+        self._activity_error_logged = 0.0
+        self._error_logged = 0.0
+
+    # --- route activity --------------------------------------------------------------------
+    def activity_enabled(self) -> bool:
+        at = self.store.settings.adaptive_ttl
+        return at.message_route.enabled or at.chat_route.enabled
+
+    def on_activity(self, company: str, agent: str, chat: str | None) -> None:
+        """Hub hook: an event reached >= 1 local user socket. No I/O here."""
+        t = (company, agent, chat)
+        if t in self._seen:
+            return
+        at = self.store.settings.adaptive_ttl
+        rule = at.chat_route if chat is None else at.message_route
+        self._seen.add(t)
+        if not rule.enabled:
+            return
+        key = chats_route_key(company, agent) if chat is None else message_route_key(company, agent, chat)
+        self._pending.append((key + ":last_active", rule.max_ttl_seconds))
+        if not self._flush_scheduled and self.gateway is not None:
+            self._flush_scheduled = True  # one batched write for everything seen this loop tick
+            self.gateway.spawn(self._flush_activity())
+
+    async def _flush_activity(self) -> None:
+        pending, self._pending = self._pending, []
+        self._flush_scheduled = False
+        if not pending:
+            return
+        stamp = now_text(time.time())
+        pipe = self.store.pipeline()
+        for key, ttl in pending:
+            pipe.set(key, stamp, ex=ttl)
+        try:
+            await pipe.execute()
+        except RedisError as exc:
+            now = time.monotonic()
+            if now - self._activity_error_logged >= 60:
+                self._activity_error_logged = now
+                self.store.log.warn("could not write route activity", error=str(exc))
+
+    # --- loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        interval = float(self.store.settings.app.ttl_refresh_interval_seconds)
+        next_tick = time.monotonic()
+        while not self.stopped:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the loop must survive anything
+                self.store.log.error("renewal tick failed", error=repr(exc))
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay < 0:
+                next_tick = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def tick(self) -> None:
+        store = self.store
+        gw = self.gateway
+        if gw is None:
+            return
+        self._seen.clear()  # activity keys may be written again this interval
+        settings = store.settings
+        app = settings.app
+        at = settings.adaptive_ttl
+        pod = store.pod_bytes
+        sessions = list(gw.registry.sessions.items())
+        pairs, chats = gw.registry.route_keys()
+        routes: list[tuple[str, str, AdaptiveRule]] = [
+            (chats_route_key(*p), "chat_route", at.chat_route) for p in pairs
+        ] + [(message_route_key(*c), "message_route", at.message_route) for c in chats]
+        if not sessions and not routes:
+            if self.queue_mode:
+                await self._keep_pod()
+            return
+        now = time.time()
+
+        # Round trip 1: activity keys of the enabled rules.
+        gets: list[Callable[[Pipeline], Any]] = []
+        if at.session_lock.enabled:
+            gets.extend(_getter(key + ":last_active") for key, _ in sessions)
+        gets.extend(_getter(key + ":last_active") for key, _, rule in routes if rule.enabled)
+        try:
+            values = await _run_chunked(store, gets) if gets else []
+        except RedisError as exc:
+            self._fail_all(sessions, exc)
+            return
+        it = iter(values)
+        session_ttls: list[int] = []
+        for _ in sessions:
+            value = next(it) if at.session_lock.enabled else None
+            ttl, decision, age = decide_ttl(at.session_lock, app.session_ttl_seconds, now, value)
+            store.observe_ttl("session_lock", ttl, decision, age)
+            session_ttls.append(ttl)
+        route_ttls: list[int] = []
+        for _, key_type, rule in routes:
+            value = next(it) if rule.enabled else None
+            ttl, decision, age = decide_ttl(rule, app.route_ttl_seconds, now, value)
+            store.observe_ttl(key_type, ttl, decision, age)
+            route_ttls.append(ttl)
+
+        # Round trip 2: compare-and-expire locks, EXPIRE selected chats, member-and-expire routes.
+        ops: list[Callable[[Pipeline], Any]] = []
+        cae = store.compare_and_expire
+        mae = store.member_and_expire
+        for (key, conn), ttl in zip(sessions, session_ttls, strict=True):
+            store.renew_attempt[conn.kind].inc()
+            ops.append(_script(cae, key, pod, ttl))
+        users = [(key, ttl) for (key, conn), ttl in zip(sessions, session_ttls, strict=True) if conn.kind == "user"]
+        for key, ttl in users:
+            ops.append(_expire(key + ":selected_chat", ttl))
+        for (key, _, _), ttl in zip(routes, route_ttls, strict=True):
+            ops.append(_script(mae, key, pod, ttl))
+        if self.queue_mode:
+            ops.append(_sadd(PODS_KEY, pod))
+            ops.append(_expire(PODS_KEY, app.route_ttl_seconds))
+        try:
+            results = await _run_chunked(store, ops)
+        except RedisError as exc:
+            self._fail_all(sessions, exc, attempted=True)
+            return
+        n_sessions = len(sessions)
+        lock_results = results[:n_sessions]
+        route_results = results[n_sessions + len(users) : n_sessions + len(users) + len(routes)]
+
+        # Round trip 3: re-assert expired locks, re-register lost routes.
+        fixes: list[Callable[[Pipeline], Any]] = []
+        reassert: list[tuple[str, Any, int]] = []
+        failure = store.metrics.renewal_failure
+        for (key, conn), ttl, res in zip(sessions, session_ttls, lock_results, strict=True):
+            kind = conn.kind
+            if isinstance(res, BaseException):
+                failure.labels(kind, "error").inc()
+            elif res == 1:
+                store.renew_success[kind].inc()
+            else:
+                failure.labels(kind, "failed_to_renew").inc()
+                reassert.append((key, conn, ttl))
+                fixes.append(_setnx(key, pod, ttl))
+        route_ttl = app.route_ttl_seconds
+        lost_routes = [key for (key, _, _), res in zip(routes, route_results, strict=True) if res == 0]
+        for key in lost_routes:
+            if gw._route_needed(key):
+                fixes.append(_sadd(key, pod))
+                fixes.append(_expire(key, route_ttl))
+        if not fixes:
+            return
+        try:
+            fixed = await _run_chunked(store, fixes)
+        except RedisError as exc:
+            self._log_error("could not re-assert locks or routes", exc)
+            return
+        for (key, conn, _), res in zip(reassert, fixed, strict=True):
+            kind = conn.kind
+            store.lock_attempt[(kind, "reassert")].inc()
+            if isinstance(res, BaseException):
+                continue  # Redis error: no action
+            if res:
+                store.lock_success[(kind, "reassert")].inc()
+                store.log.info("session lock re-asserted", pod_id=store.pod_id)
+            elif gw.registry.holder(key) is conn:
+                store.log.info("session lock lost to another pod", pod_id=store.pod_id)
+                gw.lose_session(key)
+        if lost_routes:
+            store.log.info("routes re-registered", count=len(lost_routes))
+
+    def _fail_all(self, sessions: list[tuple[str, Any]], exc: Exception, attempted: bool = False) -> None:
+        failure = self.store.metrics.renewal_failure
+        for _, conn in sessions:
+            if not attempted:
+                self.store.renew_attempt[conn.kind].inc()
+            failure.labels(conn.kind, "error").inc()
+        self._log_error("session renewal failed", exc)
+
+    def _log_error(self, message: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._error_logged >= 30:
+            self._error_logged = now
+            self.store.log.warn(message, error=str(exc))
+
+    async def _keep_pod(self) -> None:
+        try:
+            await self.routes.add_pod()
+        except RedisError as exc:
+            self._log_error("could not refresh dws:pods", exc)
+
+
+# Small closures so a tick can build its operation list once and chunk it freely.
+def _getter(key: str) -> Callable[[Pipeline], Any]:
+    return lambda p: p.get(key)
+
+
+def _expire(key: str, ttl: int) -> Callable[[Pipeline], Any]:
+    return lambda p: p.expire(key, ttl)
+
+
+def _sadd(key: str, member: bytes) -> Callable[[Pipeline], Any]:
+    return lambda p: p.sadd(key, member)
+
+
+def _setnx(key: str, value: bytes, ttl: int) -> Callable[[Pipeline], Any]:
+    return lambda p: p.set(key, value, nx=True, ex=ttl)
+
+
+def _script(script: Any, key: str, pod: bytes, ttl: int) -> Callable[[Pipeline], Any]:
+    def op(p: Pipeline) -> Any:
+        p.scripts.add(script)  # the pipeline loads missing scripts before executing
+        return p.evalsha(script.sha, 1, key, pod, ttl)
+
+    return op
