@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     publish_ok,
     raw_request,
     recv_json,
+    recv_text,
     ws_path,
 )
 from tests.support import Keys, ServerProcess, http_request
@@ -152,9 +153,9 @@ def test_path_must_equal_claims(server: ServerProcess, company: str, agent: str)
 async def test_query_user_parameter_is_ignored(server: ServerProcess) -> None:
     url = server.user_url("qu", "a", "real") + "&user=someone-else"
     async with connect(url) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         async with connect(server.user_url("qu", "a", "someone-else")) as other:
-            assert await other.recv() == '{"type":"ready"}'
+            assert await recv_text(other) == '{"type":"ready"}'
             # both stay: different users, so no takeover happened
             assert publish_ok(server, "websocket.qu.a.chats", {}) == 2
             assert (await recv_json(ws))["type"] == "event"
@@ -266,14 +267,14 @@ def test_order_handshake_after_everything(server: ServerProcess) -> None:
 @pytest.mark.parametrize("origin", ["https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "https://other.example", "https://OTHER.example"])
 async def test_allowed_origins_case_insensitive(origin_server: ServerProcess, origin: str) -> None:
     async with connect(origin_server.user_url("o", "a", "u"), origin=origin) as ws:  # type: ignore[arg-type]
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
 
 
 async def test_missing_origin_passes(origin_server: ServerProcess) -> None:
     async with connect(origin_server.user_url("o", "a", "u2")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
     async with connect(origin_server.admin_url("adm-o")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
 
 
 @pytest.mark.parametrize(
@@ -290,7 +291,7 @@ async def test_other_origins_rejected(origin_server: ServerProcess, origin: str)
 
 async def test_any_origin_when_list_is_empty(server: ServerProcess) -> None:
     async with connect(server.user_url("o", "a", "u"), origin="https://anything.example") as ws:  # type: ignore[arg-type]
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
 
 
 # --- §3.3 sub-protocol ----------------------------------------------------------------------------
@@ -299,7 +300,7 @@ async def test_json_v1_selected(server: ServerProcess, offered: list[str]) -> No
     async with connect(server.user_url("sp", "a", "u"), subprotocols=offered) as ws:  # type: ignore[arg-type]
         assert ws.subprotocol == "json.v1"
         assert ws.response.headers["Sec-WebSocket-Protocol"] == "json.v1"
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
 
 
 @pytest.mark.parametrize("offered", [None, ["chat"], ["json.v2", "JSON.V1"]])
@@ -394,7 +395,7 @@ def test_http_1_0_is_refused(server: ServerProcess) -> None:
 async def test_bad_handshake_never_kicks_a_live_session(server: ServerProcess) -> None:
     """SPEC §12.4: a plain GET with a valid token of a connected user changes nothing."""
     async with connect(server.user_url("live", "a", "u")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         token = server.keys.user_token("live", "a", "u")
         assert http_request(server.http + ws_path("live", "a", token, server.keys.api))[0] == 426
         status, _, _ = handshake(server, without("Sec-WebSocket-Version:"), company="live")

@@ -15,6 +15,7 @@ from tests.e2e.helpers import (
     metric,
     publish_ok,
     raw_http,
+    recv_text,
     split_response,
     ws_path,
 )
@@ -223,10 +224,10 @@ async def test_path_segments_are_percent_decoded(
     token = server.keys.user_token(company, agent, "u1")
     path = ws_path("X", "Y", token, server.keys.api).replace("/ws/X/Y", f"/ws/{raw_company}/{raw_agent}")
     async with connect(server.ws + path) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         subject = f"websocket.{company}.{agent}.chats"
         assert publish_ok(server, subject, {"n": 1}) == 1
-        assert json.loads(await ws.recv())["payload"] == {"event_type": "chat", "n": 1}
+        assert json.loads(await recv_text(ws))["payload"] == {"event_type": "chat", "n": 1}
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -252,12 +253,12 @@ async def test_metrics_move(server: ServerProcess) -> None:
     ready0 = metric(server, "dws_messages_sent_total", message_type="ready")
     fail0 = metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content")
     async with connect(server.user_url("m", "a", "u1")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         assert metric(server, "dws_active_connections") == active0 + 1
         assert metric(server, "dws_connections_total") == total0 + 1
         assert metric(server, "dws_messages_sent_total", message_type="ready") == ready0 + 1
         publish_ok(server, "websocket.m.a.chats", {})
-        await ws.recv()
+        await recv_text(ws)
         assert metric(server, "dws_messages_sent_total", message_type="event") == events0 + 1
     assert metric(server, "dws_connections_total") == total0 + 1
     from tests.support import wait_for

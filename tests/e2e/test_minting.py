@@ -11,7 +11,15 @@ import pytest
 from websockets.asyncio.client import connect
 
 from daisi_ws.auth.tokens import TokenCipher, parse_aes_key
-from tests.e2e.helpers import admin_path, assert_json_error, post, publish_ok, recv_json, ws_path
+from tests.e2e.helpers import (
+    admin_path,
+    assert_json_error,
+    post,
+    publish_ok,
+    recv_json,
+    recv_text,
+    ws_path,
+)
 from tests.support import ServerProcess
 
 USER_REQUIRED = "company_id, agent_id, user_id, and positive expires_in_seconds are required."
@@ -274,7 +282,7 @@ def test_tokens_use_their_own_keys(server: ServerProcess) -> None:
 async def test_minted_user_token_connects(server: ServerProcess) -> None:
     token = json.loads(mint_user(server, user_body(company_id="mc", agent_id="ma", user_id="mu"))[2])["token"]
     async with connect(server.ws + ws_path("mc", "ma", token, server.keys.api)) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         assert publish_ok(server, "websocket.mc.ma.chats", {"k": 1}) == 1
         assert await recv_json(ws) == {"type": "event", "payload": {"event_type": "chat", "k": 1}}
 
@@ -283,6 +291,6 @@ async def test_minted_admin_token_connects(server: ServerProcess) -> None:
     body = admin_body(admin_id="madm", subscribed_company_id="mc2")
     token = json.loads(mint_admin(server, body)[2])["token"]
     async with connect(server.ws + admin_path(token, server.keys.admin_api)) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         assert publish_ok(server, "websocket.mc2.any.agents", {"k": 2}) == 1
         assert await recv_json(ws) == {"type": "event", "payload": {"event_type": "agent", "k": 2}}

@@ -7,7 +7,15 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.e2e.helpers import UUID4, assert_json_error, post, publish, publish_ok, recv_json
+from tests.e2e.helpers import (
+    UUID4,
+    assert_json_error,
+    post,
+    publish,
+    publish_ok,
+    recv_json,
+    recv_text,
+)
 from tests.support import ServerProcess
 
 BAD_SUBJECT = "subject must be websocket.<company_id>.<agent_id>.<type>[.<chat_id>]"
@@ -126,7 +134,7 @@ async def test_delivered_local_counts(server: ServerProcess) -> None:
         connect(s.admin_url("theirs", "zz")) as adm_theirs,
     ):
         for ws in (u1, u2, other_agent, adm_all, adm_mine, adm_theirs):
-            assert await ws.recv() == '{"type":"ready"}'
+            assert await recv_text(ws) == '{"type":"ready"}'
         assert publish_ok(s, "websocket.dc.a.chats", {"n": 1}) == 2
         assert publish_ok(s, "websocket.dc.a.contacts", {"n": 2}) == 2
         assert publish_ok(s, "websocket.dc.a.agents", {"n": 3}) == 4  # 2 users + 2 matching admins
@@ -149,19 +157,19 @@ async def test_published_payload_is_unchanged(server: ServerProcess) -> None:
     payload = b'{ "z" : 1,"a":[1, 2 ,3],  "n":{"y":null,"b":1.50,"e":1E+2},"s":"\\u00e9\\n","big":123456789012345678901234567890 }'
     body = b'{"subject":"websocket.vb.a.chats","payload":' + payload + b"}"
     async with connect(server.user_url("vb", "a", "u")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         status, _, out = raw_publish(server, body)
         assert status == 200, out
-        frame = await ws.recv()
+        frame = await recv_text(ws)
     assert frame == '{"type":"event","payload":{"event_type":"chat", "z" : 1,"a":[1, 2 ,3],  "n":{"y":null,"b":1.50,"e":1E+2},"s":"\\u00e9\\n","big":123456789012345678901234567890 }}'
 
 
 async def test_published_payload_with_whitespace_around_and_event_type(server: ServerProcess) -> None:
     body = b'{"payload" : \n {"event_type":"custom","x":[ ]} \n, "subject":"websocket.vb2.a.messages.c1"}'
     async with connect(server.user_url("vb2", "a", "u")) as ws:
-        assert await ws.recv() == '{"type":"ready"}'
+        assert await recv_text(ws) == '{"type":"ready"}'
         await ws.send('{"type":"select_chat","chat_id":"c1","id":"s"}')
-        assert await ws.recv() == '{"type":"ack","id":"s"}'
+        assert await recv_text(ws) == '{"type":"ack","id":"s"}'
         status, _, out = raw_publish(server, body)
         assert status == 200 and out == b'{"delivered_local":1}\n', out
-        assert await ws.recv() == '{"type":"event","payload":{"event_type":"custom","x":[ ]}}'
+        assert await recv_text(ws) == '{"type":"event","payload":{"event_type":"custom","x":[ ]}}'
