@@ -30,7 +30,7 @@ Reply = tuple[int, dict[str, str], bytes]
 # --- HTTP -------------------------------------------------------------------------------------
 def post(server: ServerProcess, path: str, body: Any, key: str | None, headers: Mapping[str, str] | None = None) -> Reply:
     """POST a JSON body (bytes are sent as they are) with an optional X-API-Key."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     h = {"Content-Type": "application/json", **(headers or {})}
     if key is not None:
         h["X-API-Key"] = key
