@@ -92,12 +92,12 @@ class SendQueue:
         if len(frames) >= self.capacity:
             if not self.paused and self.transport is not None:
                 # A burst bigger than the ring within one tick: hand it to the transport
-                # now rather than dropping frames nobody pushed back on.
+                # now rather than dropping frames nobody pushed back on. The ring is empty
+                # afterwards even if that write paused the transport, so the frame fits.
                 self._write_all()
-                if not self.paused:
-                    frames.append(frame)
-                    self._mark(dirty)
-                    return True
+                frames.append(frame)
+                self._mark(dirty)
+                return True
             if self.full_since == 0.0:
                 self.full_since = time.monotonic()
             policy = self.policy
