@@ -34,13 +34,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - no compiler, no headers, ...
+        except Exception as exc:  # no compiler, no headers, ...
             _warn(f"compiled extensions could not be built ({exc})")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _warn(f"extension {ext.name} could not be built ({exc})")
 
 
@@ -60,7 +60,10 @@ def extensions() -> list:
         Extension(f"daisi_ws._native.{Path(src).stem}", [src], extra_compile_args=["-O3"])
         for src in sources
     ]
-    return cythonize(exts, compiler_directives=DIRECTIVES, include_path=[str(NATIVE_SRC)], quiet=True)
+    # include_path is csrc/ (not csrc/daisi_ws/_native): Cython finds the .pxd of module
+    # daisi_ws._native.x as daisi_ws/_native/x.pxd under it; without it the cdef class fields
+    # declared there are silently missing.
+    return cythonize(exts, compiler_directives=DIRECTIVES, include_path=["csrc"], quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
