@@ -339,3 +339,13 @@ def raw_request(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, d
                 break
             body += chunk
         return status, headers, body
+
+
+async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """wait_for for async tests: the event loop (and its clients) keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
