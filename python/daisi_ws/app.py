@@ -91,6 +91,10 @@ class App:
             self.log.error("cannot listen", error=str(exc), host=self.settings.server.host, port=self.settings.server.http_port)
             await self.backend.stop()
             return 1
+        # before "listening": a supervisor may signal as soon as it reads that line
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         s = self.settings.server
         self.log.info(
             "listening",
@@ -104,9 +108,6 @@ class App:
         )
         if self.generated:
             print_ephemeral_banner(self.settings, self.gateway.port, self.generated)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self._stop.wait()
         await self.shutdown()
         return 0
