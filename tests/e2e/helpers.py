@@ -212,6 +212,7 @@ class RawWS:
             if not chunk:
                 raise ConnectionError(f"closed during handshake: {self.buf!r}")
             self.buf += chunk
+        self.rsv1 = False
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         self.status = int(status_line.split()[1])
@@ -239,6 +240,7 @@ class RawWS:
         elif n == 127:
             (n,) = struct.unpack("!Q", self._read(8, deadline))
         assert not b1 & 0x80, "server frames are never masked"
+        self.rsv1 = bool(b0 & 0x40)  # permessage-deflate: this frame is compressed
         return b0 & 0x0F, bool(b0 & 0x80), self._read(n, deadline)
 
     def recv_data(self, timeout: float = 5.0, pong: bool = False) -> tuple[int, bytes]:
