@@ -1,4 +1,4 @@
-"""`daisi-ws serve | check-config | token | publish` (SPEC §11)."""
+"""`daisi-ws serve | check-config | token | publish | loadtest` (SPEC §11)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("payload", help="JSON object")
     publish.add_argument("--url", default=None, help="server base URL (default http://127.0.0.1:<server.http_port>)")
     publish.add_argument("--api-key", default=None, help="admin API key (default auth.admin_secret_token)")
+
+    from daisi_ws.loadtest import add_arguments as add_loadtest_arguments
+
+    loadtest = sub.add_parser("loadtest", help="drive a loopback server with N WebSocket clients and measure delivery")
+    _add_config(loadtest)
+    add_loadtest_arguments(loadtest)
     return parser
 
 
@@ -176,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_token(args)
     if args.command == "publish":
         return cmd_publish(args)
+    if args.command == "loadtest":
+        from daisi_ws.loadtest import main as loadtest_main
+
+        return loadtest_main(args, _settings)
     return 2
 
 
