@@ -154,7 +154,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not api_key:
         sys.stderr.write("error: no admin API key: pass --api-key or set DAISI_WS_AUTH_ADMIN_SECRET_TOKEN\n")
         return 2
-    body = json.dumps({"subject": args.subject, "payload": payload}).encode()
+    del payload  # only validated: the server publishes the payload text as typed (SPEC §1.7)
+    body = f'{{"subject":{json.dumps(args.subject)},"payload":{args.payload.strip()}}}'.encode()
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json", "X-API-Key": api_key}
     )
