@@ -20,6 +20,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from daisi_ws.cluster.base import LockError
@@ -93,7 +94,10 @@ def make_client(settings: Settings) -> Redis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),  # no hidden retries: each caller decides (SPEC §5.3)
+        # One immediate retry on a connection error only: a pooled connection that went stale
+        # (Redis restarted) reconnects transparently; nothing else is retried behind the
+        # caller's back (SPEC §5.3 decides its own retries; timeouts are not retried).
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=POOL_SIZE,
         timeout=COMMAND_TIMEOUT,
     )
@@ -204,16 +208,17 @@ class SessionLocks:
         if ok:
             store.lock_success[(user_type, "initial_setnx")].inc()
             return
-        store.conflicts[user_type].inc()
         channel = kill_channel(key)
         payload = orjson.dumps({"new_pod_id": store.pod_id})
         if local_holder:
             # Same-pod re-login: the lock is (normally) already ours, and our own kill would be
             # ignored; take it at once. The gateway replaces the local holder after the 101
-            # (identity-checked, so its deregistration does not delete our lock). The kill is
-            # still published in the same round trip in case another pod took it meanwhile.
+            # (identity-checked, so its deregistration does not delete our lock) and counts
+            # the conflict then. The kill is still published in the same round trip in case
+            # another pod took the lock meanwhile.
             await self._force(key, user_type, ttl, channel, payload)
             return
+        store.conflicts[user_type].inc()
         # 2. kill the old owner, up to 3 attempts; failure does not abort.
         await self._publish_kill(channel, payload)
         # 3. fast-polling retries.
@@ -526,6 +531,7 @@ class Renewal:
         routes: list[tuple[str, str, AdaptiveRule]] = [
             (chats_route_key(*p), "chat_route", at.chat_route) for p in pairs
         ] + [(message_route_key(*c), "message_route", at.message_route) for c in chats]
+        route_owners: list[Any] = [*pairs, *chats]  # registry keys, to re-check before fixing
         if not sessions and not routes:
             if self.queue_mode:
                 await self._keep_pod()
@@ -592,12 +598,15 @@ class Renewal:
                 store.renew_success[kind].inc()
             else:
                 failure.labels(kind, "failed_to_renew").inc()
-                reassert.append((key, conn, ttl))
-                fixes.append(_setnx(key, pod, ttl))
+                if gw.registry.holder(key) is conn:  # not ended meanwhile (e.g. killed)
+                    reassert.append((key, conn, ttl))
+                    fixes.append(_setnx(key, pod, ttl))
         route_ttl = app.route_ttl_seconds
-        lost_routes = [key for (key, _, _), res in zip(routes, route_results, strict=True) if res == 0]
-        for key in lost_routes:
-            if gw._route_needed(key):
+        registry = gw.registry
+        lost_routes = []
+        for (key, _, _), owner, res in zip(routes, route_owners, route_results, strict=True):
+            if res == 0 and (owner in registry.users if len(owner) == 2 else owner in registry.chats):
+                lost_routes.append(key)
                 fixes.append(_sadd(key, pod))
                 fixes.append(_expire(key, route_ttl))
         if not fixes:
@@ -607,7 +616,7 @@ class Renewal:
         except RedisError as exc:
             self._log_error("could not re-assert locks or routes", exc)
             return
-        for (key, conn, _), res in zip(reassert, fixed, strict=True):
+        for (key, conn, _), res in zip(reassert, fixed[: len(reassert)], strict=True):
             kind = conn.kind
             store.lock_attempt[(kind, "reassert")].inc()
             if isinstance(res, BaseException):
@@ -615,6 +624,8 @@ class Renewal:
             if res:
                 store.lock_success[(kind, "reassert")].inc()
                 store.log.info("session lock re-asserted", pod_id=store.pod_id)
+                if gw.registry.holder(key) is not conn:  # ended while we re-asserted: give back
+                    gw.spawn(store.compare_and_delete(keys=[key], args=[pod]))
             elif gw.registry.holder(key) is conn:
                 store.log.info("session lock lost to another pod", pod_id=store.pod_id)
                 gw.lose_session(key)
