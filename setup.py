@@ -2,6 +2,7 @@
 
 A machine without a C compiler (or with DAISI_WS_NO_EXTENSIONS=1 at build time) still
 installs: the package then runs on its pure-Python twins, with a warning.
+DAISI_WS_REQUIRE_EXTENSIONS=1 (set by cibuildwheel) turns that warning into a failed build.
 """
 
 import os
@@ -20,11 +21,13 @@ NATIVE_SRC = Path("csrc") / "daisi_ws" / "_native"
 DIRECTIVES = {
     "language_level": "3",
     "embedsignature": True,
-    "cdivision": True,
 }
+REQUIRED = os.environ.get("DAISI_WS_REQUIRE_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
 
 
 def _warn(message: str) -> None:
+    if REQUIRED:
+        raise SystemExit(f"daisi-ws: {message} (DAISI_WS_REQUIRE_EXTENSIONS=1)")
     sys.stderr.write(f"WARNING (daisi-ws): {message}; the pure-Python twins will be used.\n")
 
 
@@ -57,7 +60,7 @@ def extensions() -> list:
         _warn("Cython is not available")
         return []
     exts = [
-        Extension(f"daisi_ws._native.{Path(src).stem}", [src], extra_compile_args=["-O3"])
+        Extension(f"daisi_ws._native.{Path(src).stem}", [src], extra_compile_args=["-O3", "-g0"])
         for src in sources
     ]
     # include_path is csrc/ (not csrc/daisi_ws/_native): Cython finds the .pxd of module
