@@ -115,8 +115,11 @@ class Hub:
         return ok
 
     # --- dispatch ---------------------------------------------------------------------------
-    def build(self, subject: str, payload: bytes) -> tuple[ParsedSubject, bytes] | None:
-        """Validate and encode once (SPEC §7.2 steps 1-3); None (counted) when dropped."""
+    def build(self, subject: str, payload: bytes) -> tuple[ParsedSubject, bytes, bytes | None] | None:
+        """Validate (SPEC §7.2 steps 1-2): (subject, stripped payload, event_type to insert).
+
+        None (counted) when the event is dropped.
+        """
         parsed = parse_subject(subject)
         if parsed is None:
             self.metrics.events_dropped.labels("invalid_subject").inc()
@@ -133,7 +136,7 @@ class Hub:
             event_type = None
         else:
             event_type = _EVENT_TYPE_JSON.get(parsed.kind) or orjson.dumps(parsed.kind)
-        return parsed, hotpath.build_event_envelope(body, event_type)
+        return parsed, body, event_type
 
     def _malformed(self, kind: str, subject: str) -> None:
         self.metrics.events_dropped.labels("malformed").inc()
@@ -176,7 +179,7 @@ class Hub:
         built = self.build(subject, payload)
         if built is None:
             return 0
-        parsed, envelope = built
+        parsed, body, event_type = built
         targets: list[set[Any]] = []
         users = self.user_recipients(parsed) if scope != SCOPE_ADMINS else None
         if users:
@@ -185,10 +188,11 @@ class Hub:
             targets.extend(self.admin_recipients(parsed, admin_filter))
         if not targets:
             return 0
-        frame = hotpath.build_text_frame(envelope)
+        frame = hotpath.build_event_frame(body, event_type)  # encoded once for every recipient
         dirty = self.dirty
         delivered = 0
-        if self.compression_used and len(envelope) >= self.compression_threshold:
+        if self.compression_used and len(frame) >= self.compression_threshold:
+            envelope = hotpath.build_event_envelope(body, event_type)
             delivered = self._fanout_compressed(envelope, frame, targets)
         else:
             for members in targets:
