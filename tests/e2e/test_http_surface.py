@@ -252,14 +252,23 @@ async def test_metrics_move(server: ServerProcess) -> None:
     events0 = metric(server, "dws_messages_sent_total", message_type="event")
     ready0 = metric(server, "dws_messages_sent_total", message_type="ready")
     fail0 = metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content")
+    success0 = metric(server, "dws_auth_success_total", token_type="company")
+    received0 = {t: metric(server, "dws_messages_received_total", message_type=t) for t in ("select_chat", "ready", "invalid_json", "unknown")}
     async with connect(server.user_url("m", "a", "u1")) as ws:
         assert await recv_text(ws) == '{"type":"ready"}'
         assert metric(server, "dws_active_connections") == active0 + 1
         assert metric(server, "dws_connections_total") == total0 + 1
         assert metric(server, "dws_messages_sent_total", message_type="ready") == ready0 + 1
+        assert metric(server, "dws_auth_success_total", token_type="company") == success0 + 1
+        assert metric(server, "dws_websocket_buffer_capacity_count") == 100 * (active0 + 1)
         publish_ok(server, "websocket.m.a.chats", {})
         await recv_text(ws)
         assert metric(server, "dws_messages_sent_total", message_type="event") == events0 + 1
+        for text in ('{"type":"select_chat","chat_id":"c","id":1}', '{"type":"ready"}', "{bad", '{"type":"x"}'):
+            await ws.send(text)
+            await recv_text(ws)
+        received = {t: metric(server, "dws_messages_received_total", message_type=t) for t in received0}
+        assert received == {t: v + 1 for t, v in received0.items()}
     assert metric(server, "dws_connections_total") == total0 + 1
     from tests.support import wait_for
 

@@ -28,6 +28,7 @@ from tests.support import ServerProcess, wait_for
 LIMIT = 4096
 PING = 1
 PONG_WAIT = 2
+WRITE_TIMEOUT = 1
 PONG_TIMEOUT_FRAME = b'{"type":"error","payload":{"code":"InternalServerError","message":"Pong timeout","details":"No pong responses received"}}'
 
 
@@ -38,6 +39,7 @@ def server() -> Iterator[ServerProcess]:
             "DAISI_WS_APP_MAX_MESSAGE_BYTES": str(LIMIT),
             "DAISI_WS_APP_PING_INTERVAL_SECONDS": str(PING),
             "DAISI_WS_APP_PONG_WAIT_SECONDS": str(PONG_WAIT),
+            "DAISI_WS_APP_WRITE_TIMEOUT_SECONDS": str(WRITE_TIMEOUT),
         }
     ).start()
     try:
@@ -95,6 +97,19 @@ async def test_oversize_socket_is_deregistered_and_others_unaffected(server: Ser
         assert (await expect_close(big))[0] == 1009
         assert wait_for(lambda: publish_ok(server, "websocket.lim2.a.chats", {"n": 1}) == 1)
         assert (await recv_json(ok))["payload"]["n"] == 1
+
+
+def test_tcp_dropped_when_peer_never_answers_the_close(server: ServerProcess) -> None:
+    """After its close frame the server waits at most write_timeout for the peer's."""
+    with RawWS(server.port, ws_path("lim", "a", server.keys.user_token("lim", "a", "mute"), server.keys.api)) as ws:
+        assert ws.recv_json() == {"type": "ready"}
+        ws.send_text(ready_of_size(LIMIT + 1))
+        op, data = ws.recv_data()
+        assert op == OP_CLOSE and parse_close(data) == (1009, "Message too big")
+        closed_at = time.monotonic()
+        with pytest.raises(ConnectionError):  # never answer: the server drops TCP
+            ws.recv_frame(timeout=WRITE_TIMEOUT + 3)
+        assert time.monotonic() - closed_at <= WRITE_TIMEOUT + 2  # the sweep runs every second
 
 
 # --- invalid UTF-8 and protocol errors ----------------------------------------------------------------
