@@ -67,6 +67,7 @@ def assert_json_error(reply: Reply, status: int, code: str, message: str, detail
     got_status, headers, body = reply
     assert got_status == status, body
     assert headers["content-type"] == "application/json"
+    assert headers.get("x-request-id"), "every response carries X-Request-ID"
     assert body.endswith(b"\n")
     obj = json.loads(body)
     if details is None:

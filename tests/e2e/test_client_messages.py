@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.helpers import error_frame, publish_ok, recv_json, recv_text
+from tests.e2e.helpers import error_frame, eventually, metric, publish_ok, recv_json, recv_text
 from tests.support import ServerProcess, http_request
 
 INVALID_FORMAT = "Invalid message format"
@@ -56,15 +56,23 @@ async def current_chat_gets(server: ServerProcess, ws: ClientConnection, company
 # --- §3.4 ready first --------------------------------------------------------------------------
 async def test_ready_is_first_even_under_a_publish_storm(server: ServerProcess) -> None:
     stop = threading.Event()
+    failures: list[object] = []
 
     def storm() -> None:
         while not stop.is_set():
-            http_request(
-                server.http + "/api/publish",
-                "POST",
-                b'{"subject":"websocket.storm.a.chats","payload":{"x":1}}',
-                {"X-API-Key": server.keys.admin_api},
-            )
+            try:
+                status, _, _ = http_request(
+                    server.http + "/api/publish",
+                    "POST",
+                    b'{"subject":"websocket.storm.a.chats","payload":{"x":1}}',
+                    {"X-API-Key": server.keys.admin_api},
+                    timeout=5,
+                )
+            except OSError as exc:
+                failures.append(exc)
+                return
+            if status != 200:
+                failures.append(status)
 
     threads = [threading.Thread(target=storm, daemon=True) for _ in range(2)]
     for t in threads:
@@ -78,6 +86,7 @@ async def test_ready_is_first_even_under_a_publish_storm(server: ServerProcess) 
         stop.set()
         for t in threads:
             t.join(10)
+    assert not failures
 
 
 # --- malformed messages: one error frame, socket stays -------------------------------------------
@@ -319,6 +328,17 @@ async def test_fragmented_text_is_reassembled(server: ServerProcess) -> None:
         # a multi-byte character split across fragments
         await ws.send([b'{"type":"ready","payload":"\xc3', b'\xa9"}'], text=True)
         assert await recv_text(ws) == '{"type":"ready","payload":"\u00e9"}'
+
+
+async def test_client_close_is_echoed(server: ServerProcess) -> None:
+    active = metric(server, "dws_active_connections")
+    ws = await connect(server.user_url("bye", "a", "u"))
+    assert await recv_text(ws) == '{"type":"ready"}'
+    assert metric(server, "dws_active_connections") == active + 1
+    await asyncio.wait_for(ws.close(1000, "bye"), 5)
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+    assert await eventually(lambda: metric(server, "dws_active_connections") == active)
+    assert publish_ok(server, "websocket.bye.a.chats", {}) == 0
 
 
 async def test_client_pings_get_pongs(server: ServerProcess) -> None:

@@ -96,6 +96,16 @@ def test_user_token_just_expired(server: ServerProcess) -> None:
     assert_json_error(get_user(server, "c", "a", token), 403, "InvalidToken", "Company token has expired.", f"token has expired: token expired at {shown}")
 
 
+def padded_token(cipher: TokenCipher) -> str:
+    """A valid token whose base64 ends in '=' (its length depends on the claims)."""
+    expires = datetime(2099, 1, 1, tzinfo=UTC)
+    for user in ("u", "uu", "uuu"):
+        token = mint_user_token(cipher, "c", "a", user, expires)
+        if token.endswith("="):
+            return token
+    raise AssertionError("unreachable: one of three lengths needs padding")
+
+
 def bad_user_tokens(server: ServerProcess) -> dict[str, str]:
     c = user_cipher(server)
     good = server.keys.user_token("c", "a", "u")
@@ -104,7 +114,7 @@ def bad_user_tokens(server: ServerProcess) -> dict[str, str]:
         "garbage": "not-a-token",
         "jwt-shaped": "a.b.c",
         "too-short": base64.urlsafe_b64encode(b"x" * 27).decode(),
-        "unpadded": good.rstrip("="),
+        "unpadded": padded_token(c).rstrip("="),
         "std-alphabet": good.replace("-", "+").replace("_", "/") if ("-" in good or "_" in good) else good + "+",
         "tampered": good[:20] + ("A" if good[20] != "A" else "B") + good[21:],
         "wrong-key": Keys().user_token("c", "a", "u"),
@@ -260,6 +270,7 @@ def test_order_handshake_after_everything(server: ServerProcess) -> None:
     assert status == 426
     assert headers["upgrade"].lower() == "websocket"
     assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-request-id"]
     assert body
 
 
@@ -369,6 +380,7 @@ def test_bad_upgrade_is_426(server: ServerProcess, lines: list[str]) -> None:
     assert status == 426
     assert headers["upgrade"].lower() == "websocket"
     assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-request-id"]
     assert body
 
 
@@ -378,6 +390,7 @@ def test_bad_version_is_400_with_version_header(server: ServerProcess, version: 
     assert status == 400
     assert headers["sec-websocket-version"] == "13"
     assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-request-id"]
     assert body
 
 
@@ -395,6 +408,7 @@ def test_bad_handshake_is_400(server: ServerProcess, lines: list[str]) -> None:
     status, headers, body = handshake(server, lines)
     assert status == 400
     assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-request-id"]
     assert body
 
 
@@ -402,6 +416,7 @@ def test_http_1_0_is_refused(server: ServerProcess) -> None:
     status, headers, body = handshake(server, GOOD, version="HTTP/1.0")
     assert status == 400
     assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-request-id"]
     assert body
 
 
