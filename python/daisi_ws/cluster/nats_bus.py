@@ -485,11 +485,10 @@ class NatsBus:
         pods = members[keys[PODS_KEY]] if any_agents else set()
         own = self.pod_bytes
         pending: Pending = []
+        forwarding = False
         for msg, subject, rkey, agents, label in items:
             headers = msg.headers
             rid = headers.get(REQUEST_ID) if headers else None
-            if not rid:
-                rid = uuid.uuid4().hex
             gw.deliver(subject, msg.data, rid)
             targets = members[keys[rkey]]
             if agents:
@@ -498,9 +497,16 @@ class NatsBus:
             for target in targets:
                 if target == own:
                     continue
+                if not rid:
+                    rid = uuid.uuid4().hex
                 futures.append((target, await self._forward(target, subject, msg.data, rid)))
                 self._fwd_sent[label].inc()
+            forwarding = forwarding or bool(futures)
             pending.append((msg, rkey, agents, futures))
+        if not forwarding:
+            for msg, *_ in pending:  # nothing to wait for: ack now, no completion task
+                await msg.ack()
+            return None
         return pending
 
     def _completion_done(self, task: asyncio.Task[None]) -> None:

@@ -73,7 +73,7 @@ PUBSUB_IDLE_PING = 15.0  # an idle subscriber pings Redis to notice a half-open 
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 POOL_SIZE = 128
-PIPELINE_CHUNK = 2000  # commands per pipelined round trip in a renewal tick
+PIPELINE_CHUNK = 500  # commands per pipelined round trip: bounds how long a tick holds the loop
 
 
 def parse_address(address: str) -> tuple[str, int]:
