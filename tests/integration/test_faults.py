@@ -303,6 +303,7 @@ async def test_sigterm_releases_locks_and_routes_and_keeps_the_durable(
         assert not r.smembers(f"route:{c}:{ag}:messages:chat-1")
         assert pod_id(a) not in r.smembers("dws:pods")
         assert pod_id(b) in r.smembers("dws:pods")
+        assert 0 < r.ttl("dws:pods") <= 30  # app.route_ttl_seconds
         assert r.get(f"session:{c}:{ag}:stay") == pod_id(b)
         info = await consumer_info(nats_server.url, consumer)  # never deleted
         assert info.name == consumer
@@ -312,3 +313,41 @@ async def test_sigterm_releases_locks_and_routes_and_keeps_the_durable(
     finally:
         stop_pods(pods)
         await delete_consumer(nats_server.url, consumer)
+
+
+# --- queue mode: binding the durable is retried every 5 s (SPEC §1.4, §7.5) ----------------------------
+async def test_queue_binding_retried_until_the_stream_exists(own_nats: NatsServer, redis_server: RedisServer) -> None:
+    from tests.integration.servers import pod_env
+
+    stream = f"late_{secrets.token_hex(3)}"
+    env = {**FAST, "DAISI_WS_NATS_DELIVERY": "queue", "DAISI_WS_NATS_STREAM_NAME": stream}
+    pod = ServerProcess(env=pod_env(own_nats, redis_server, f"late-{secrets.token_hex(3)}", **env))
+    pod.start()
+    try:
+        status, body = ready_state(pod)
+        assert status == 503
+        assert body["dependencies"] == {"nats": "consumer_unavailable", "redis": "connected"}
+        import nats
+
+        nc = await nats.connect(own_nats.url)
+        try:
+            await nc.jetstream().add_stream(name=stream, subjects=["late.>"])
+        finally:
+            await nc.close()
+        await asyncio.to_thread(wait_ready, pod, 8)  # the next bind attempt creates the durable
+        info = await consumer_info_on(own_nats.url, stream, "ws_fanout")
+        assert info.config.filter_subject == "websocket.>"
+        assert info.config.deliver_policy == "new" and info.config.ack_policy == "explicit"
+        assert info.config.ack_wait == 30 and info.config.max_ack_pending == 1000 and info.config.max_deliver == 5
+    finally:
+        stop_pods([pod])
+
+
+async def consumer_info_on(url: str, stream: str, name: str) -> Any:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return await nc.jetstream().consumer_info(stream, name)
+    finally:
+        await nc.close()
