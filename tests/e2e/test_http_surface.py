@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 from websockets.asyncio.client import connect
@@ -275,3 +276,24 @@ async def test_metrics_move(server: ServerProcess) -> None:
     assert wait_for(lambda: metric(server, "dws_active_connections") == active0)
     http_request(server.http + ws_path("m", "a", "garbage", server.keys.api))
     assert metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content") == fail0 + 1
+
+
+def test_expect_100_continue(server: ServerProcess) -> None:
+    """Clients such as curl announce big bodies and wait for `100 Continue` (RFC 9110 §10.1.1)."""
+    body = b'{"subject":"websocket.c.a.chats","payload":{}}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX-API-Key: "
+            + server.keys.admin_api.encode()
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        sock.settimeout(0.9)  # curl waits 1 s before sending anyway
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 ")
+        sock.settimeout(5)
+        sock.sendall(body)
+        answer = b""
+        while not answer.endswith(b'{"delivered_local":0}\n'):
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")

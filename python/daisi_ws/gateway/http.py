@@ -435,6 +435,8 @@ class HttpProtocol(asyncio.Protocol):
                 if length is not None and length.isdigit() and int(length) > MAX_BODY:
                     self._too_large()
                     return
+                if conn.they_are_waiting_for_100_continue:  # e.g. curl: do not make it wait
+                    self.transport.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif etype is h11.Data:
                 self._body += event.data  # type: ignore[union-attr]
                 if len(self._body) > MAX_BODY:
