@@ -297,3 +297,24 @@ def test_expect_100_continue(server: ServerProcess) -> None:
             assert chunk, answer
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    ],
+    ids=["garbage", "bad-request-line", "header-without-colon", "no-host", "bad-chunk", "negative-length"],
+)
+def test_malformed_http_gets_400_and_the_server_keeps_serving(server: ServerProcess, request_bytes: bytes) -> None:
+    status, headers, body = split_response(raw_http(server.port, request_bytes, timeout=3))
+    assert status == 400
+    assert headers["content-type"] == TEXT
+    assert UUID4.match(headers["x-request-id"])
+    assert body == b"Bad Request\n"
+    assert http_request(server.http + "/health")[0] == 200

@@ -456,7 +456,7 @@ class HttpProtocol(asyncio.Protocol):
         self._req = None  # the failed request is not a HEAD whose answer has no body
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
-            self._send(HttpReply(status, b"Bad Request\n", [(b"content-type", TEXT)]), "", close=True)
+            self._send(HttpReply(status, b"Bad Request\n", [(b"content-type", TEXT)]), str(uuid.uuid4()), close=True)
         else:
             self.transport.close()
 
