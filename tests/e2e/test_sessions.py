@@ -92,3 +92,17 @@ async def test_user_and_admin_with_same_id_do_not_conflict(server: ServerProcess
         assert publish_ok(server, "websocket.same.same.agents", {"n": 1}) == 2
         assert (await recv_json(adm))["payload"]["n"] == 1
         assert (await recv_json(user))["payload"]["n"] == 1
+
+
+async def test_new_socket_inherits_the_selected_chat(server: ServerProcess) -> None:
+    async with connect(server.user_url("inh", "a", "u")) as old:
+        assert await recv_text(old) == '{"type":"ready"}'
+        await old.send('{"type":"select_chat","chat_id":"kept","id":1}')
+        assert await recv_text(old) == '{"type":"ack","id":1}'
+        async with connect(server.user_url("inh", "a", "u")) as new:
+            assert await recv_text(new) == '{"type":"ready"}'
+            assert (await recv_json(old))["payload"]["code"] == "SessionConflict"
+            await new.send('{"type":"ready"}')  # orders us after the restore
+            assert await recv_text(new) == '{"type":"ready"}'
+            assert publish_ok(server, "websocket.inh.a.messages.kept", {"n": 1}) == 1
+            assert await recv_json(new) == {"type": "event", "payload": {"event_type": "message", "n": 1}}
