@@ -5,11 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp-install
 NATIVE_SOURCES := $(wildcard csrc/daisi_ws/_native/*.pyx csrc/daisi_ws/_native/*.pxd)
 PYTEST := $(PY) -m pytest -p no:cacheprovider
-BENCH  := $(PYTEST) benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+# BENCH_ARGS: extra pytest arguments for the benchmark targets, e.g. BENCH_ARGS='-m "not real"'
+# (in-process benchmarks only) or BENCH_ARGS='-m real' (only those with real servers/sockets).
+BENCH_ARGS ?=
+BENCH  := $(PYTEST) --benchmark-only --benchmark-columns=min,median,mean,max,rounds $(BENCH_ARGS)
+# `make benchmark` saves under .benchmarks/<machine>/; `make benchmark-pure` under .benchmarks/pure/.
+PURE_STORAGE := file://./.benchmarks/pure
 
-.PHONY: install serve test test-native test-pure lint benchmark benchmark-auth benchmark-conn \
-        benchmark-msg benchmark-session benchmark-integration benchmark-hotpath \
-        benchmark-compare benchmark-report profile wheel clean
+.PHONY: install serve test test-native test-pure lint benchmark benchmark-pure benchmark-inproc \
+        benchmark-auth benchmark-conn benchmark-msg benchmark-session benchmark-integration \
+        benchmark-hotpath benchmark-compare benchmark-report profile wheel clean
 
 install: $(STAMP)
 
@@ -37,7 +42,16 @@ test-pure: $(STAMP)
 	DAISI_WS_NO_EXTENSIONS=1 $(PYTEST) tests -q
 
 benchmark: $(STAMP)
-	$(BENCH) --benchmark-autosave
+	$(BENCH) benchmarks --benchmark-autosave
+
+# The in-process benchmarks again with the pure-Python twins loaded process-wide: the "pure"
+# column of benchmark-report for gateway-level benchmarks (hot-path ones run both twins anyway).
+benchmark-pure: $(STAMP)
+	DAISI_WS_NO_EXTENSIONS=1 $(BENCH) benchmarks -m "not real" --benchmark-autosave --benchmark-storage=$(PURE_STORAGE)
+
+# Everything that needs no real server or socket: quick.
+benchmark-inproc: $(STAMP)
+	$(BENCH) benchmarks -m "not real"
 
 benchmark-auth: $(STAMP)
 	$(BENCH) benchmarks/test_bench_auth.py
@@ -53,7 +67,10 @@ benchmark-hotpath: $(STAMP)
 	$(BENCH) benchmarks/test_bench_hotpath.py
 
 benchmark-compare: $(STAMP)
-	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:10%
+	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { \
+	  echo "benchmark-compare: no saved run to compare against in .benchmarks/ - run 'make benchmark' first (it saves one)"; \
+	  exit 1; }
+	$(BENCH) benchmarks --benchmark-compare --benchmark-compare-fail=median:10%
 
 benchmark-report: $(STAMP)
 	$(PY) benchmarks/report.py
