@@ -144,7 +144,7 @@ class App:
         fresh, _ = with_ephemeral_keys(fresh, reuse=self.generated)  # ephemeral keys survive
         fresh, restart = keep_restart_keys(self.settings, fresh)
         if restart:
-            self.log.warn("config keys changed that need restart", keys=restart)
+            self.log.warn("config change needs restart; running values kept", keys=restart)
         self.settings = fresh
         configure(fresh.app.service_name, fresh.log.level)
         self.auth.reload(**auth_kwargs(fresh))
