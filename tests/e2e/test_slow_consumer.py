@@ -184,7 +184,7 @@ async def test_block_policy_closes_after_write_timeout() -> None:
         slow = slow_client(server, "bl", "sleeper")
         try:
             assert slow.recv_json() == {"type": "ready"}
-            sent = await fill_until(server, "websocket.bl.a.chats", lambda: metric(server, "dws_websocket_buffer_used_count") >= 10, batch=5)
+            sent = await fill_until(server, "websocket.bl.a.chats", lambda: metric(server, "dws_websocket_buffer_used_count") >= 10, batch=20)
             assert metric(server, "dws_websocket_slow_clients_disconnected_total") == 0  # not at once
             assert wait_for(lambda: metric(server, "dws_websocket_slow_clients_disconnected_total") == 1, timeout=4)
             assert dropped(server, "buffer_full_block_timeout") >= 10
