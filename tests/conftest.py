@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import Keys, ServerProcess  # noqa: E402
+from tests.support import Keys, ServerProcess
 
 
 @pytest.fixture
