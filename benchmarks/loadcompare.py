@@ -441,6 +441,72 @@ def handshakes(
     return {"kind": kind, "runs": runs, "median": runs[len(runs) // 2]}
 
 
+def top_frames(raw_path: str, k: int = 25) -> dict[str, list[tuple[float, str]]]:
+    """Self and inclusive shares of a py-spy `--format raw` (collapsed stacks) profile."""
+    from collections import Counter
+
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    with open(raw_path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            frames = stack.split(";")
+            own[frames[-1]] += n
+            for f in set(frames):
+                incl[f] += n
+    if not total:
+        return {"self": [], "inclusive": []}
+    return {
+        "self": [(round(v / total * 100, 1), f) for f, v in own.most_common(k)],
+        "inclusive": [(round(v / total * 100, 1), f) for f, v in incl.most_common(k)],
+    }
+
+
+def profile(
+    kind: str,
+    keys: Keys,
+    stack: Stack,
+    connections: int = 1000,
+    per_socket: float = 100,
+    seconds: float = 8.0,
+    out_prefix: str = "profile",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """A fixed load with py-spy sampling the server: `<prefix>.svg` (flame graph) and the
+    top frames (raw profile `<prefix>.txt`)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with target(kind, keys, stack) as t:
+        wait_quiet(log=log)
+        spies = [
+            subprocess.Popen(
+                [py_spy, "record", "--nonblocking", "-d", str(int(seconds)), "--pid", str(t.pid), "-f", fmt, "-o", f"{out_prefix}.{ext}"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for fmt, ext in (("flamegraph", "svg"), ("raw", "txt"))
+        ]
+        res = loadtest(
+            t,
+            stack,
+            connections=connections,
+            per_socket_rate=per_socket,
+            duration=seconds + 2,
+            warmup=1,
+            via="nats",
+            label=f"{kind} profile",
+            **layout_for(connections),
+        )
+        for spy in spies:
+            spy.wait(60)
+    log(point_line(res))
+    return {"load": res, "top": top_frames(f"{out_prefix}.txt"), "svg": f"{out_prefix}.svg"}
+
+
 def point_line(res: dict[str, Any]) -> str:
     d, c = res["delivery"], res["cpu"]
     lat = d["latency_ms"]
@@ -640,7 +706,12 @@ def native_flag() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", action="append", choices=("sweep", "fixed", "broadcast", "idle", "handshake"), help="run only these parts (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=("sweep", "fixed", "broadcast", "idle", "handshake", "profile"),
+        help="run only these parts (repeatable; profile runs only when named)",
+    )
     p.add_argument("--json", default=None, help="write every raw result here")
     p.add_argument("--sizes", default="1000,5000", help="socket counts for sweep/fixed")
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per sweep point")
@@ -684,6 +755,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["idle"] = [idle(kind, keys, stack) for kind in ("baseline", "daisi-embedded", "daisi")]
         if "handshake" in parts:
             out["handshake"] = [handshakes(kind, keys, stack) for kind in ("baseline", "daisi-embedded", "daisi")]
+        if "profile" in parts:
+            out["profile"] = [
+                profile(kind, keys, stack, n, {1000: 100, 5000: 20}.get(n, 20), out_prefix=f"profile-{kind}-{n}", log=log)
+                for n in sizes
+                for kind in ("daisi", "baseline")
+            ]
+            for pr in out["profile"]:
+                log(f"--- {pr['load']['server_kind']} {pr['load']['options']['connections']} sockets: {pr['svg']}")
+                for share, frame in pr["top"]["self"][:15]:
+                    log(f"  self {share:5.1f}%  {frame}")
     finally:
         stack.stop()
     if args.json:
