@@ -16,6 +16,7 @@ from tests.e2e.helpers import (
     metric,
     publish_ok,
     raw_http,
+    raw_request,
     recv_text,
     split_response,
     ws_path,
@@ -318,3 +319,13 @@ def test_malformed_http_gets_400_and_the_server_keeps_serving(server: ServerProc
     assert UUID4.match(headers["x-request-id"])
     assert body == b"Bad Request\n"
     assert http_request(server.http + "/health")[0] == 200
+
+
+@pytest.mark.parametrize("scheme", ["http", "HTTP", "https"])
+def test_absolute_form_target_is_routed_by_its_path(server: ServerProcess, scheme: str) -> None:
+    """RFC 9112 §3.2.2: a server must accept `GET http://host/path` (proxies send it)."""
+    request = f"GET {scheme}://127.0.0.1:{server.port}/health?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, _headers, body = raw_request(server.port, request.encode())
+    assert (status, body) == (200, b'{"status":"OK"}\n')
+    status, _headers, body = raw_request(server.port, f"GET {scheme}://h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert (status, body) == (404, b"404 page not found\n")

@@ -113,6 +113,10 @@ class Req:
             headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         self.headers = headers
         path, _, query = self.target.partition("?")
+        if path[:7].lower() == "http://" or path[:8].lower() == "https://":
+            # absolute-form target (RFC 9112 §3.2.2): servers must accept it
+            slash = path.find("/", path.index("//") + 2)
+            path = path[slash:] if slash != -1 else "/"
         self.path = path
         self.query: dict[str, str] = {}
         if query:
