@@ -285,7 +285,7 @@ async def test_sigterm_releases_locks_and_routes_and_keeps_the_durable(
             await cl.select_chat(f"chat-{i % 2}")
         adm = await Client.connect(a.admin_url(f"boss{c}"), "adm")
         stay = await Client.connect(b.user_url(c, ag, "stay"), "stay")
-        assert r.smembers(f"route:{c}:{ag}:chats") == {pod_id(a), pod_id(b)}
+        assert wait_for(lambda: r.smembers(f"route:{c}:{ag}:chats") == {pod_id(a), pod_id(b)}, 2)
         assert {pod_id(a), pod_id(b)} <= r.smembers("dws:pods")
         started = time.monotonic()
         a.signal(signal.SIGTERM)

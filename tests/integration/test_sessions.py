@@ -139,9 +139,9 @@ async def test_same_pod_relogin(pods: list[ServerProcess], r: Any) -> None:
     # the replaced socket's deregistration touched nothing: lock and routes stay
     await asyncio.sleep(0.3)
     assert r.get(key) == pod_id(a)
-    assert pod_id(a) in r.smembers(f"route:{c}:{ag}:chats")
+    assert wait_for(lambda: pod_id(a) in r.smembers(f"route:{c}:{ag}:chats"), 2)
     assert r.get(key + ":selected_chat") == "chat-1"
-    assert pod_id(a) in r.smembers(f"route:{c}:{ag}:messages:chat-1")  # restored chat
+    assert wait_for(lambda: pod_id(a) in r.smembers(f"route:{c}:{ag}:messages:chat-1"), 2)  # restored
     assert not new.closed.is_set()
     # admin re-login on the same pod as well
     admin = f"adm{secrets.token_hex(4)}"

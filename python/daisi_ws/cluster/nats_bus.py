@@ -152,6 +152,9 @@ class NatsBus:
         while not self.closing:
             nc = NATS()
             self.nc = nc
+            # a new client holds none of the old one's subscriptions
+            self._subs.clear()
+            self._forward_sub = self._reply_sub = self._pull_sub = None
             try:
                 await nc.connect(
                     servers=[n.url],
@@ -191,8 +194,9 @@ class NatsBus:
             self.log.warn(message, error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if not self.closing:
+        if was_connected and not self.closing:
             self.log.warn("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
@@ -201,7 +205,8 @@ class NatsBus:
 
     async def _on_closed(self) -> None:
         self.connected.clear()
-        if not self.closing:
+        task = self._connect_task
+        if not self.closing and (task is None or task.done()):
             # reconnect attempts exhausted (nats.max_reconnects >= 0): start over
             self.log.warn("NATS connection closed; connecting again")
             self._connect_task = self._spawn(self._connect_loop())
@@ -322,13 +327,15 @@ class NatsBus:
     async def _queue_setup(self) -> None:
         nc = self.nc
         assert nc is not None
-        if self._forward_sub is None:
+        if self._forward_sub is None:  # first connect of this client (reconnects replay them)
             self._forward_sub = await nc.subscribe(FORWARD_SUBJECT_PREFIX + self.pod_id, cb=self._on_forward)
             self._reply_prefix = nc.new_inbox() + "."
             self._reply_sub = await nc.subscribe(self._reply_prefix + "*", cb=self._on_reply)
             self._pull_inbox = nc.new_inbox()
             self._pull_sub = await nc.subscribe(self._pull_inbox, cb=self._on_pulled)
+        if self._worker_task is None or self._worker_task.done():
             self._worker_task = self._spawn(self._worker())
+        if self._pull_task is None or self._pull_task.done():
             self._pull_task = self._spawn(self._pull_loop())
         # every (re)connect: check the binding (the consumer may be gone), then pull again
         self.bound = False
