@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,10 +214,14 @@ def cpu_phase(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0 if env.nats else 0.2)
         spy_proc = None
         duration = args.duration + 6  # warmup + connect + drain
+        raw_proc = None
         if spy:
-            cmd = [spy, "record", "--pid", str(srv.pid), "--rate", "200", "--duration", str(int(duration)),
-                   "--format", "flamegraph", "-o", str(OUT / "cpu-flame.svg"), "--nonblocking"]
-            spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            base = [spy, "record", "--pid", str(srv.pid), "--duration", str(int(duration)), "--nonblocking"]
+            spy_proc = subprocess.Popen([*base, "--rate", "200", "--format", "flamegraph", "-o", str(OUT / "cpu-flame.svg")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # the same samples as collapsed stacks, for the top-functions table
+            raw_proc = subprocess.Popen([*base, "--rate", "100", "--format", "raw", "-o", str(OUT / "cpu-stacks.txt")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
             if spy_proc.poll() is not None:
                 err = spy_proc.stderr.read() if spy_proc.stderr else ""
@@ -244,9 +249,44 @@ def cpu_phase(env: Env, args: argparse.Namespace) -> dict[str, Any]:
                 spy_proc.send_signal(signal.SIGINT)
                 spy_proc.wait(30)
             out["flame_graph"] = str(OUT / "cpu-flame.svg") if (OUT / "cpu-flame.svg").exists() else None
+        if raw_proc is not None:
+            try:
+                raw_proc.wait(duration + 60)
+            except subprocess.TimeoutExpired:
+                raw_proc.kill()
+            if (OUT / "cpu-stacks.txt").exists():
+                out["top_functions"] = str(write_top_functions(OUT / "cpu-stacks.txt", OUT / "cpu-top.txt"))
     finally:
         srv.stop(15)
         srv.kill()
+    return out
+
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def write_top_functions(stacks: Path, out: Path, top: int = 30) -> Path:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if not frames or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = [_LINE.sub(")", f) for f in frames.split(";")]  # per function, not per line
+        for f in set(names):
+            incl[f] = incl.get(f, 0) + n
+        self_n[names[-1]] = self_n.get(names[-1], 0) + n
+    lines = [f"# py-spy samples of the loaded server while busy: {total} (idle time not sampled)", "", "## self time", ""]
+    for f, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n / max(total, 1) * 100:6.1f} %  {f}")
+    lines += ["", "## inclusive time", ""]
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n / max(total, 1) * 100:6.1f} %  {f}")
+    out.write_text("\n".join(lines) + "\n")
     return out
 
 
@@ -332,12 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     cpu = summary["cpu"]
     lt = cpu.get("loadtest") or {}
     print(f"flame graph:   {cpu.get('flame_graph') or 'not recorded (see messages above)'}")
+    print(f"top functions: {cpu.get('top_functions') or 'not written'}")
     print(f"memory report: {summary['memory'].get('report') or 'not written'}")
     print(f"summary:       {OUT / 'summary.json'}")
     if lt:
-        keys = [k for k in ("delivered_fps", "frames_per_s", "p50_ms", "p99_ms", "drops", "server_cpu_percent") if k in lt]
-        if keys:
-            print("load:          " + ", ".join(f"{k}={lt[k]}" for k in keys))
+        d, c = lt.get("delivery") or {}, lt.get("cpu") or {}
+        lat = d.get("latency_ms") or {}
+        print(
+            f"load:          {d.get('delivered_fps')} frames/s delivered, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
+            f"drops {d.get('drops')}, server {c.get('server_us_per_frame')} µs CPU/frame ({c.get('server_util')} of a core)"
+        )
     return 0
 
 
