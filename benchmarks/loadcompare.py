@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +48,19 @@ SERVER_CPUS = "0"
 LOADGEN_CPUS = "1"
 P99_LIMIT_MS = 100.0
 DROP_LIMIT = 0.001
+# CPU seconds other processes may use during one measured window before the run is repeated
+# (this machine is shared; the least disturbed of MAX_ATTEMPTS runs is kept either way)
+BACKGROUND_LIMIT_S = 0.3
+MAX_ATTEMPTS = 3
+QUIET_WAIT_S = float(os.environ.get("LOADCOMPARE_QUIET_WAIT", "300"))
 TASKSET = shutil.which("taskset")
+
+
+# events/s per socket, fan-out 100: frames/s = rate x sockets; a sweep stops after two failures
+SWEEP_RATES = {
+    1000: [50, 75, 100, 125, 150, 200, 250, 300, 350, 400, 450, 500],
+    5000: [10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100],
+}
 
 
 def can_pin() -> bool:
@@ -303,15 +316,17 @@ def machine_busy(seconds: float = 1.0) -> dict[int, float]:
     return {cpu: (cores_busy(a, b, [cpu]) or {}).get("busy", 0.0) for cpu in a}
 
 
-def wait_quiet(threshold: float = 0.12, max_wait: float = 120.0, log: Callable[[str], None] | None = None) -> dict[int, float]:
+def wait_quiet(threshold: float = 0.12, max_wait: float | None = None, log: Callable[[str], None] | None = None) -> dict[int, float]:
     """Wait (bounded) until no core is busier than `threshold`: other work on this shared
     machine distorts every number. Returns the last sample (recorded with the results)."""
-    deadline = time.monotonic() + max_wait
+    deadline = time.monotonic() + (QUIET_WAIT_S if max_wait is None else max_wait)
+    last_log = 0.0
     while True:
         busy = machine_busy(1.0)
         if max(busy.values(), default=0.0) <= threshold or time.monotonic() > deadline:
             return busy
-        if log is not None:
+        if log is not None and time.monotonic() - last_log > 30:
+            last_log = time.monotonic()
             log(f"machine busy {busy}, waiting")
 
 
@@ -321,6 +336,30 @@ def wait_quiet(threshold: float = 0.12, max_wait: float = 120.0, log: Callable[[
 def layout_for(connections: int, fanout: int = 100) -> dict[str, int]:
     """(company, agent) pairs of `fanout` sockets each: every event reaches `fanout` sockets."""
     return {"companies": max(1, connections // fanout), "agents": 1}
+
+
+def measured(
+    t: Target,
+    stack: Stack,
+    quiet: bool,
+    log: Callable[[str], None],
+    **opts: Any,
+) -> dict[str, Any]:
+    """One load run; repeated (up to MAX_ATTEMPTS) while other processes disturbed it."""
+    best: dict[str, Any] | None = None
+    for attempt in range(MAX_ATTEMPTS if quiet else 1):
+        background = wait_quiet(log=log) if quiet else {}
+        res = loadtest(t, stack, **opts)
+        res["background_before"] = background
+        res["attempt"] = attempt + 1
+        bg = res["cpu"]["background_cpu_s"]
+        if best is None or bg < best["cpu"]["background_cpu_s"]:
+            best = res
+        if bg <= BACKGROUND_LIMIT_S:
+            break
+        log(f"  (other processes used {bg} s CPU during the run: repeating)")
+    assert best is not None
+    return best
 
 
 def passes(res: dict[str, Any]) -> bool:
@@ -346,10 +385,11 @@ def sweep(
     fails = 0
     with target(kind, keys, stack) as t:
         for rate in rates:
-            background = wait_quiet(log=log) if quiet else {}
-            res = loadtest(
+            res = measured(
                 t,
                 stack,
+                quiet,
+                log,
                 connections=connections,
                 per_socket_rate=rate,
                 duration=duration,
@@ -360,7 +400,6 @@ def sweep(
                 label=f"{kind} sweep {connections}x{rate}",
                 **layout_for(connections),
             )
-            res["background_before"] = background
             points.append(res)
             log(point_line(res))
             if passes(res):
@@ -375,10 +414,11 @@ def sweep(
 
 def fixed(kind: str, keys: Keys, stack: Stack, connections: int, per_socket: float, duration: float = 10.0, log: Callable[[str], None] = print, quiet: bool = True) -> dict[str, Any]:
     with target(kind, keys, stack) as t:
-        background = wait_quiet(log=log) if quiet else {}
-        res = loadtest(
+        res = measured(
             t,
             stack,
+            quiet,
+            log,
             connections=connections,
             per_socket_rate=per_socket,
             duration=duration,
@@ -388,7 +428,6 @@ def fixed(kind: str, keys: Keys, stack: Stack, connections: int, per_socket: flo
             label=f"{kind} fixed {connections}x{per_socket}",
             **layout_for(connections),
         )
-    res["background_before"] = background
     log(point_line(res))
     return res
 
@@ -425,18 +464,21 @@ def handshakes(
     runs = []
     with target(kind, keys, stack if kind != "daisi-embedded" else None) as t:
         for _ in range(repeat):
-            if quiet:
-                wait_quiet(log=log)
-            res = loadtest(t, stack, connections=connections, rate=0, duration=0.1, settle=0.1, **layout_for(connections))
-            h = res["handshake"]
+            for _attempt in range(MAX_ATTEMPTS if quiet else 1):
+                if quiet:
+                    wait_quiet(log=log)
+                    time.sleep(1.0)  # let the server finish tearing the previous sockets down
+                res = loadtest(t, stack, connections=connections, rate=0, duration=0.1, settle=0.1, **layout_for(connections))
+                h = res["handshake"]
+                if h["background_cpu_s"] <= BACKGROUND_LIMIT_S:
+                    break
+                log(f"  (other processes used {h['background_cpu_s']} s CPU during the handshakes: repeating)")
             runs.append(h)
             log(
                 f"{kind:15s} handshakes {h['connected']}/{connections} in {h['wall_s']} s = {h['per_s']}/s, "
                 f"server {h['server_cpu_us_per_handshake']} µs CPU each, server core busy {h.get('server_cores_busy')}, "
                 f"loadgen core busy {h.get('loadgen_cores_busy')}"
             )
-            if repeat > 1:
-                time.sleep(1.0)  # let the server finish tearing the previous sockets down
     runs.sort(key=lambda h: h["per_s"] or 0)
     return {"kind": kind, "runs": runs, "median": runs[len(runs) // 2]}
 
@@ -717,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per sweep point")
     p.add_argument("--no-quiet", action="store_true", help="do not wait for an idle machine before each run")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally blocks stop every process
     parts = set(args.only or ("sweep", "fixed", "broadcast", "idle", "handshake"))
     sizes = [int(s) for s in args.sizes.split(",")]
     from daisi_ws.loadtest import raise_nofile_limit
@@ -743,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for b in out["broadcast"]:
                 log(f"broadcast {b}")
         if "sweep" in parts:
-            rates = {1000: [50, 100, 150, 200, 250, 300, 350, 400], 5000: [10, 20, 30, 40, 50, 60, 70, 80]}
+            rates = SWEEP_RATES
             out["sweep"] = []
             for n in sizes:
                 for kind in ("baseline", "daisi"):

@@ -1185,12 +1185,14 @@ class Coordinator:
         t_conn = time.monotonic()
         cpu_lg0 = cpu_seconds_self()
         cores0 = cpu_times_per_core()
+        procs0 = all_process_cpu()
         self._broadcast("connect")
         reports = await self._gather("connected", o.connect_timeout + 60 + n / 500, conn_text)
         conn_wall = time.monotonic() - t_conn
         worker_wall = max(r["elapsed"] for r in reports)
         cpu_conn1 = self.server_cpu(pid)
         cores1 = cpu_times_per_core()
+        procs1 = all_process_cpu()
         connected = sum(r["connected"] for r in reports)
         failed = sum(r["failed"] for r in reports)
         hs = array("q")
@@ -1213,6 +1215,7 @@ class Coordinator:
             "server_cpu_s": _delta(cpu_conn0, cpu_conn1),
             "server_cpu_us_per_handshake": _per(_delta(cpu_conn0, cpu_conn1), connected, 1e6),
             "loadgen_cpu_s": round(sum(r["cpu"] for r in reports) + cpu_seconds_self() - cpu_lg0, 3),
+            "background_cpu_s": background_cpu(procs0, procs1, self._own_pids(pid)),
         }
         server_cpus = affinity(pid) if pid is not None else None
         loadgen_cpus = affinity(os.getpid())
