@@ -127,6 +127,9 @@ class Metrics:
         self.sent_ready = self.messages_sent.labels("ready")
         self.sent_error = self.messages_sent.labels("error")
         self.sent_ack = self.messages_sent.labels("ack")
+        self.received_by_type = {
+            t: self.messages_received.labels(t) for t in ("select_chat", "ready", "invalid_json", "unknown")
+        }
         self.nats_received_by_type = {t: self.nats_received.labels(t) for t in SUBJECT_TYPES}
         self.forward_sent_by_type = {t: self.forward_sent.labels(t) for t in SUBJECT_TYPES}
         self.forward_received_by_type = {t: self.forward_received.labels(t) for t in SUBJECT_TYPES}

@@ -24,6 +24,8 @@ class Backend(Protocol):
     mode: str  # "embedded" | "shared"
     # False: locks are this process's session table only (embedded, SPEC §5.3 last line)
     distributed_locks: bool
+    # True: no method ever suspends, so the gateway runs session work without a Task
+    inline: bool
 
     def attach(self, gateway: Any) -> None:
         """Called once before start(): where events, kills and renewals go."""

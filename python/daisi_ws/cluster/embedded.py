@@ -18,6 +18,7 @@ MAX_REMEMBERED_CHATS = 100_000
 class EmbeddedBackend:
     mode = "embedded"
     distributed_locks = False
+    inline = True  # no call suspends: the gateway runs session work without a Task
 
     def __init__(self, pod_id: str) -> None:
         self.pod_id = pod_id

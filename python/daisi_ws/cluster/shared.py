@@ -32,6 +32,7 @@ STOP_STEP_TIMEOUT = 2.0
 class SharedBackend:
     mode = "shared"
     distributed_locks = True
+    inline = False
 
     def __init__(self, settings: Settings, metrics: Metrics, log: Logger) -> None:
         self.settings = settings

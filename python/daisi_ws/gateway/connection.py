@@ -7,6 +7,7 @@ No Task per socket: heartbeats come from the gateway's sweep, writes from the hu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,10 @@ _OPEN = State.OPEN
 _NO_FRAGMENTS = 0
 _TEXT_FRAGMENTS = 1
 _SKIP_FRAGMENTS = 2  # binary messages are ignored, fragments included
+
+
+# One logger for every socket's protocol: websockets otherwise looks it up per instance.
+WS_LOGGER = logging.getLogger("websockets.server")
 
 
 class FrameProtocol(ServerProtocol):
@@ -202,7 +207,7 @@ class Connection(hotpath.SendQueue):
         pending = self.gw.handle_client_text(self, data)
         if pending is not None:
             self._busy = True
-            self.gw.spawn(self._drain(pending))
+            self.gw.run_soon(self._drain(pending))
 
     async def _drain(self, pending: Any) -> None:
         """Finish an asynchronous select_chat, then the messages that queued behind it."""

@@ -31,7 +31,7 @@ from websockets.typing import Subprotocol
 
 from daisi_ws.auth import AuthError
 from daisi_ws.auth.apikeys import check_api_key, extract_api_key
-from daisi_ws.gateway.connection import ADMIN, USER, Connection, FrameProtocol
+from daisi_ws.gateway.connection import ADMIN, USER, WS_LOGGER, Connection, FrameProtocol
 from daisi_ws.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from daisi_ws.protocol import (
     ADMIN_KEY_MISSING,
@@ -311,6 +311,7 @@ def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> 
         if origin is not None and origin.lower() not in origins:
             return error_reply(403, FORBIDDEN, "Origin not allowed", "The request Origin is not in the allowed list.")
     hs = ServerProtocol(
+        logger=WS_LOGGER,
         extensions=gw.deflate_factories,
         select_subprotocol=_select_subprotocol,
         max_size=gw.settings.app.max_message_bytes,
@@ -553,7 +554,7 @@ class HttpProtocol(asyncio.Protocol):
         gw.http_conns.discard(self)
         transport = self.transport
         transport.write(response.serialize())
-        proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes)
+        proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes, logger=WS_LOGGER)
         proto.extensions = upgrade.hs.extensions
         proto.subprotocol = upgrade.hs.subprotocol
         bits = deflate_bits(upgrade.hs)

@@ -125,6 +125,22 @@ class Gateway:
         task.add_done_callback(self._task_done)
         return task
 
+    def run_soon(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Session bookkeeping: run at once with the embedded backend, whose calls never
+        suspend (no Task per socket event); a Task with the shared backend."""
+        if not self.backend.inline:
+            self.spawn(coro)
+            return
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self.log.error("session work failed", error=repr(exc))
+            return
+        coro.close()
+        self.log.error("embedded session work suspended; it was abandoned")
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -186,7 +202,7 @@ class Gateway:
             if self.registry.add_admin(conn, conn.admin_filter):
                 self.backend.admin_filter_added(conn.admin_filter)
         conn._busy = True  # client messages wait until the session state is restored
-        self.spawn(conn._drain(self._after_open(conn)))
+        self.run_soon(conn._drain(self._after_open(conn)))
         if self.log.enabled("debug"):
             self.log.debug("socket opened", request_id=conn.request_id, pod_id=self.pod_id, session=conn.kind)
 
@@ -243,7 +259,7 @@ class Gateway:
         m.active_connections.dec()
         m.connection_duration.observe(time.monotonic() - conn.opened_at)
         if release or routes:
-            self.spawn(self._release(conn.session_key if release else None, routes))
+            self.run_soon(self._release(conn.session_key if release else None, routes))
 
     async def _release(self, session_key: str | None, routes: list[str]) -> None:
         backend = self.backend
@@ -289,7 +305,7 @@ class Gateway:
 
     # --- client messages (SPEC §4.2) --------------------------------------------------------
     def handle_client_text(self, conn: Connection, data: bytes) -> Awaitable[None] | None:
-        received = self.metrics.messages_received
+        received = self.metrics.received_by_type
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -298,28 +314,28 @@ class Gateway:
             except UnicodeDecodeError as uexc:
                 conn.invalid_utf8(uexc)
                 return None
-            received.labels("invalid_json").inc()
+            received["invalid_json"].inc()
             conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, str(exc)))
             return None
         if type(msg) is not dict:
-            received.labels("invalid_json").inc()
+            received["invalid_json"].inc()
             conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, "message must be a JSON object"))
             return None
         mtype = msg.get("type")
         if mtype is not None and type(mtype) is not str:
-            received.labels("invalid_json").inc()
+            received["invalid_json"].inc()
             conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, "type must be a string"))
             return None
         if mtype == "ready":
-            received.labels("ready").inc()
+            received["ready"].inc()
             payload = msg.get("payload")
             conn.send_envelope(READY if payload is None else orjson.dumps({"type": "ready", "payload": payload}))
             self.metrics.sent_ready.inc()
             return None
         if mtype == "select_chat":
-            received.labels("select_chat").inc()
+            received["select_chat"].inc()
             return self._select_chat(conn, msg)
-        received.labels("unknown").inc()
+        received["unknown"].inc()
         conn.send_error((BAD_REQUEST, MSG_UNHANDLED_TYPE, f"Type: {mtype or ''}"))
         return None
 
