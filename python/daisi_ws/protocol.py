@@ -5,6 +5,7 @@ Every byte-exact string of SPEC.md that more than one module needs lives here.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # --- error codes (SPEC §4.7) ---------------------------------------------------------------
@@ -100,8 +101,17 @@ RESERVED_COMPANY: Final = "admin"
 WILDCARD: Final = "*"
 
 
+# Printable ASCII except ':' '.' '*' '>' (and space, DEL): a strict subset of valid ids that a
+# regex checks ~10x faster than the per-character loop; anything else goes through the loop.
+_ascii_id = re.compile(r"[\x21-\x29\x2b-\x2d\x2f-\x39\x3b-\x3d\x3f-\x7e]{1,128}").fullmatch
+
+
 def is_valid_id(value: str) -> bool:
     """1-128 code points without ':', '.', '*', '>', whitespace or control characters."""
+    return _ascii_id(value) is not None or _is_valid_id_slow(value)
+
+
+def _is_valid_id_slow(value: str) -> bool:
     if not 1 <= len(value) <= 128:
         return False
     for ch in value:

@@ -340,21 +340,9 @@ ADMIN_CLAIM_NAMES = _names(
 ADMIN_OPTIONAL_CLAIMS = ("company_id_restriction", "subscribed_company_id", "subscribed_agent_id")
 
 
-# Printable ASCII except ':' '.' '*' '>' (and space, DEL): a strict subset of §0.1 ids that a
-# regex checks ~10x faster than protocol.is_valid_id's per-character loop. Anything else
-# (non-ASCII, or invalid) is decided by is_valid_id itself.
-_ASCII_ID = re.compile(r"[\x21-\x29\x2b-\x2d\x2f-\x39\x3b-\x3d\x3f-\x7e]{1,128}")
-_ascii_id = _ASCII_ID.fullmatch
-
-
-def valid_id(value: str) -> bool:
-    """Same answer as protocol.is_valid_id, fast for the usual ASCII ids."""
-    return _ascii_id(value) is not None or is_valid_id(value)
-
-
 def check_user_ids(company_id: str, agent_id: str, user_id: str) -> None:
     """TokenInvalid unless all three are valid §0.1 ids and the company is not `admin`."""
-    if not (valid_id(company_id) and valid_id(agent_id) and valid_id(user_id)):
+    if not (is_valid_id(company_id) and is_valid_id(agent_id) and is_valid_id(user_id)):
         raise TokenInvalid("an id violates the id rules")
     if company_id == RESERVED_COMPANY:
         raise TokenInvalid("company_id 'admin' is reserved")
@@ -363,7 +351,7 @@ def check_user_ids(company_id: str, agent_id: str, user_id: str) -> None:
 def check_admin_ids(
     admin_id: str, company_id_restriction: str, subscribed_company_id: str, subscribed_agent_id: str
 ) -> None:
-    if not valid_id(admin_id):
+    if not is_valid_id(admin_id):
         raise TokenInvalid("admin_id violates the id rules")
     if not (
         is_valid_filter_id(company_id_restriction)
