@@ -159,21 +159,30 @@ class Stack:
 
 # --- the servers under test -----------------------------------------------------------------------
 
-KINDS = ("baseline", "daisi", "daisi-embedded")
+KINDS = ("baseline", "daisi", "daisi-embedded", "daisi-pure")
 
 
 class Target:
     """One server process pinned to SERVER_CPUS: `baseline`, `daisi` (shared mode: NATS +
-    Redis, interest delivery) or `daisi-embedded` (no NATS, no Redis)."""
+    Redis, interest delivery), `daisi-pure` (the same with DAISI_WS_NO_EXTENSIONS=1) or
+    `daisi-embedded` (no NATS, no Redis)."""
 
-    def __init__(self, kind: str, keys: Keys, stack: Stack | None, cpus: str | None = SERVER_CPUS, pure: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str,
+        keys: Keys,
+        stack: Stack | None,
+        cpus: str | None = SERVER_CPUS,
+        pure: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         assert kind in KINDS
         self.kind = kind
         self.keys = keys
         self.port = 0
         env = clean_env()
         env.update(keys.env())
-        if pure:
+        if pure or kind == "daisi-pure":
             env["DAISI_WS_NO_EXTENSIONS"] = "1"
         if kind == "baseline":
             cmd = [sys.executable, str(REPO / "benchmarks" / "baseline_gateway.py"), "--port", "0"]
@@ -188,11 +197,12 @@ class Target:
                     "DAISI_WS_SERVER_POD_ID": f"loadcompare-{os.getpid()}",
                 }
             )
-            if kind == "daisi":
+            if kind in ("daisi", "daisi-pure"):
                 assert stack is not None, "shared mode needs NATS and Redis"
                 env["DAISI_WS_NATS_URL"] = stack.nats_url
                 env["DAISI_WS_REDIS_ADDRESS"] = stack.redis_address
             cmd = [executable("daisi-ws"), "serve"]
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(pinned(cmd, cpus), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.log: list[dict[str, Any]] = []
         self.stderr: list[str] = []
@@ -223,7 +233,7 @@ class Target:
         if not listening.wait(20):
             self.stop()
             raise RuntimeError(f"{kind} did not start: {''.join(self.stderr)[-2000:]}")
-        if kind == "daisi":
+        if kind in ("daisi", "daisi-pure"):
             self._wait_ready()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
@@ -259,8 +269,8 @@ class Target:
 
 
 @contextmanager
-def target(kind: str, keys: Keys, stack: Stack | None, pure: bool = False) -> Iterator[Target]:
-    t = Target(kind, keys, stack, pure=pure)
+def target(kind: str, keys: Keys, stack: Stack | None, pure: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Target]:
+    t = Target(kind, keys, stack, pure=pure, extra_env=extra_env)
     try:
         yield t
     finally:
@@ -412,7 +422,7 @@ def sweep(
     return {"kind": kind, "connections": connections, "points": points, "best": best}
 
 
-def fixed(kind: str, keys: Keys, stack: Stack, connections: int, per_socket: float, duration: float = 10.0, log: Callable[[str], None] = print, quiet: bool = True) -> dict[str, Any]:
+def fixed(kind: str, keys: Keys, stack: Stack, connections: int, per_socket: float, duration: float = 20.0, log: Callable[[str], None] = print, quiet: bool = True) -> dict[str, Any]:
     with target(kind, keys, stack) as t:
         res = measured(
             t,
@@ -756,8 +766,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--json", default=None, help="write every raw result here")
     p.add_argument("--sizes", default="1000,5000", help="socket counts for sweep/fixed")
-    p.add_argument("--duration", type=float, default=6.0, help="measured seconds per sweep point")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="measured seconds per load run (default 20: two session-renewal ticks of daisi-ws, which stall its loop briefly)",
+    )
     p.add_argument("--no-quiet", action="store_true", help="do not wait for an idle machine before each run")
+    p.add_argument("--with-pure", action="store_true", help="fixed loads also with daisi-ws's pure-Python twins")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of the fixed loads (servers alternate; medians reported)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally blocks stop every process
     parts = set(args.only or ("sweep", "fixed", "broadcast", "idle", "handshake"))
@@ -793,7 +810,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out["sweep"].append(sweep(kind, keys, stack, n, rates.get(n, [10, 20, 40, 80]), args.duration, log=log, quiet=quiet))
         if "fixed" in parts:
             loads = {1000: 100, 5000: 20}
-            out["fixed"] = [fixed(kind, keys, stack, n, loads.get(n, 20), log=log, quiet=quiet) for n in sizes for kind in ("baseline", "daisi")]
+            kinds = ("baseline", "daisi", "daisi-pure") if args.with_pure else ("baseline", "daisi")
+            out["fixed"] = [
+                fixed(kind, keys, stack, n, loads.get(n, 20), duration=args.duration, log=log, quiet=quiet)
+                for n in sizes
+                for _ in range(args.repeat)
+                for kind in kinds
+            ]
         if "idle" in parts:
             out["idle"] = [idle(kind, keys, stack) for kind in ("baseline", "daisi-embedded", "daisi")]
         if "handshake" in parts:
@@ -837,15 +860,20 @@ def markdown(out: dict[str, Any]) -> str:
     if "fixed" in out:
         lines += [
             "",
-            "| load | server | delivered/s | p99 ms | server CPU µs/frame (process) | server core µs/frame (incl. softirq) | load generator CPU µs/frame | saturated |",
-            "|---|---|---|---|---|---|---|---|",
+            "| load | server | runs | delivered/s | p99 ms | server CPU µs/frame (process; median, range) | server core µs/frame (incl. softirq) | load generator CPU µs/frame | saturated | native |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for r in out["fixed"]:
-            d, c = r["delivery"], r["cpu"]
-            o = r["options"]
+            groups.setdefault((r["options"]["connections"], r["server_kind"]), []).append(r)
+        for (n, kind), runs in groups.items():
+            runs.sort(key=lambda r: r["cpu"]["server_us_per_frame"] or 0)
+            r = runs[len(runs) // 2]
+            d, c, o = r["delivery"], r["cpu"], r["options"]
+            lo, hi = runs[0]["cpu"]["server_us_per_frame"], runs[-1]["cpu"]["server_us_per_frame"]
             lines.append(
-                f"| {o['connections']} x {o['per_socket_rate']:g}/s | {r['server_kind']} | {d['delivered_fps']:,.0f} | {d['latency_ms']['p99']:.1f} "
-                f"| {c['server_us_per_frame']} | {c.get('server_core_us_per_frame')} | {c['loadgen_us_per_frame']} | {r['saturated']} |"
+                f"| {n} x {o['per_socket_rate']:g}/s | {kind} | {len(runs)} | {d['delivered_fps']:,.0f} | {d['latency_ms']['p99']:.1f} "
+                f"| {c['server_us_per_frame']} ({lo}-{hi}) | {c.get('server_core_us_per_frame')} | {c['loadgen_us_per_frame']} | {r['saturated']} | {r['server'].get('native')} |"
             )
     if "broadcast" in out:
         lines += ["", "| sockets | daisi-ws hub µs/socket | raw transport.write µs/socket | websockets.broadcast µs/socket | daisi/raw | websockets/daisi | native |", "|---|---|---|---|---|---|---|"]
