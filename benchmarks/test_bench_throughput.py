@@ -21,6 +21,7 @@ one once with tiny sizes and asserts the path it measures (all frames delivered,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -243,11 +244,19 @@ def test_handshake_rate(benchmark: Any, request: pytest.FixtureRequest, stack: l
 
 @pytest.fixture(scope="module")
 def rig(request: pytest.FixtureRequest) -> Iterator[lc.BroadcastRig]:
+    """The sockets, and this process pinned to the server's CPU while they are measured."""
+    pin = lc.can_pin()
+    saved = os.sched_getaffinity(0) if pin else None
+    if pin:
+        os.sched_setaffinity(0, {int(lc.SERVER_CPUS)})
     r = lc.BroadcastRig(10 if is_smoke(request.config) else 1000)
+    r.pinned = pin
     try:
         yield r
     finally:
         r.close()
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
 
 
 @pytest.mark.parametrize("contender", ["raw", "websockets", "daisi"])
@@ -257,6 +266,7 @@ def test_broadcast_real(benchmark: Any, rig: lc.BroadcastRig, contender: str) ->
     once + fan-out; flush: one write per socket). Drained between rounds, outside the timing."""
     _common(benchmark)
     benchmark.extra_info["native"] = rig.native
+    benchmark.extra_info["pinned"] = rig.pinned
     fn = getattr(rig, contender)
     benchmark.pedantic(fn, setup=lambda: rig.drain() and None, rounds=300, iterations=1, warmup_rounds=5)
     assert rig.drain() == rig.expected_bytes(), "every socket must receive exactly one frame"
