@@ -47,12 +47,12 @@ class Backend(Protocol):
     async def release(self, session_key: str) -> None:
         """Compare-and-delete: removes the lock only while this pod owns it."""
 
-    async def touch(self, session_key: str) -> None:
-        """Write `<session key>:last_active`."""
+    async def open_session(self, session_key: str, chats_route: str | None) -> str | None:
+        """After the 101, in one round trip: write `:last_active`; for users (chats_route
+        given) also register that route and return the stored selected chat."""
 
-    async def load_selected_chat(self, session_key: str) -> str | None: ...
-
-    async def save_selected_chat(self, session_key: str, chat: str) -> None: ...
+    async def save_selected_chat(self, session_key: str, chat: str) -> None:
+        """select_chat: `:selected_chat` (session TTL) and `:last_active`."""
 
     # routes (SPEC §6)
     async def register_route(self, route_key: str) -> None:

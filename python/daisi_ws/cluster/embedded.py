@@ -47,10 +47,10 @@ class EmbeddedBackend:
     async def release(self, session_key: str) -> None:
         return None
 
-    async def touch(self, session_key: str) -> None:
-        return None
-
-    async def load_selected_chat(self, session_key: str) -> str | None:
+    async def open_session(self, session_key: str, chats_route: str | None) -> str | None:
+        if chats_route is None:
+            return None
+        await self.register_route(chats_route)
         return self.selected_chats.get(session_key)
 
     async def save_selected_chat(self, session_key: str, chat: str) -> None:

@@ -268,25 +268,38 @@ class SessionLocks:
         """Compare-and-delete: only while this pod owns the lock."""
         await self.store.compare_and_delete(keys=[key], args=[self.store.pod_bytes])
 
-    async def touch(self, key: str) -> None:
+    async def open(self, key: str, chats_route: str | None) -> str | None:
+        """After the 101 (SPEC §3.4 step 4), one round trip: write `:last_active`; users also
+        register the chats route and read `:selected_chat` (returned)."""
         store = self.store
-        ttl = store.settings.adaptive_ttl.session_lock.max_ttl_seconds
-        await store.client.set(key + ":last_active", now_text(time.time()), ex=ttl)
-
-    async def load_selected_chat(self, key: str) -> str | None:
-        raw = await self.store.client.get(key + ":selected_chat")
-        if raw is None:
+        pipe = store.pipeline()
+        pipe.set(key + ":last_active", now_text(time.time()), ex=store.settings.adaptive_ttl.session_lock.max_ttl_seconds)
+        if chats_route is None:
+            await pipe.execute()
             return None
-        if isinstance(raw, str):
-            return raw
-        try:
-            return bytes(raw).decode()
-        except UnicodeDecodeError:
-            return None
+        pipe.sadd(chats_route, store.pod_bytes)
+        pipe.expire(chats_route, store.settings.app.route_ttl_seconds)
+        pipe.get(key + ":selected_chat")
+        results = await pipe.execute()
+        return _text(results[-1])
 
     async def save_selected_chat(self, key: str, chat: str) -> None:
+        """select_chat (SPEC §4.2): `:selected_chat` and `:last_active` in one round trip."""
         store = self.store
-        await store.client.set(key + ":selected_chat", chat, ex=store.settings.app.session_ttl_seconds)
+        pipe = store.pipeline()
+        pipe.set(key + ":selected_chat", chat, ex=store.settings.app.session_ttl_seconds)
+        pipe.set(key + ":last_active", now_text(time.time()), ex=store.settings.adaptive_ttl.session_lock.max_ttl_seconds)
+        await pipe.execute()
+
+
+def _text(raw: Any) -> str | None:
+    """A Redis string value as text; None when absent or not UTF-8."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 # --- kill switch (SPEC §5.4) ------------------------------------------------------------------

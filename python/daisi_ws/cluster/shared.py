@@ -127,11 +127,8 @@ class SharedBackend:
     async def release(self, session_key: str) -> None:
         await self.locks.release(session_key)
 
-    async def touch(self, session_key: str) -> None:
-        await self.locks.touch(session_key)
-
-    async def load_selected_chat(self, session_key: str) -> str | None:
-        return await self.locks.load_selected_chat(session_key)
+    async def open_session(self, session_key: str, chats_route: str | None) -> str | None:
+        return await self.locks.open(session_key, chats_route)
 
     async def save_selected_chat(self, session_key: str, chat: str) -> None:
         await self.locks.save_selected_chat(session_key, chat)

@@ -209,22 +209,13 @@ class Gateway:
     async def _after_open(self, conn: Connection) -> None:
         backend = self.backend
         key = conn.session_key
-        try:
-            await backend.touch(key)
-        except Exception as exc:
-            self.log.warn("could not write last_active", request_id=conn.request_id, error=str(exc))
-        if conn.kind != USER or conn.ended:
-            return
+        user = conn.kind == USER
         pair = (conn.company, conn.agent)
         try:
-            await backend.register_route(chats_route_key(*pair))
+            chat = await backend.open_session(key, chats_route_key(*pair) if user else None)
         except Exception as exc:
-            self.log.warn("could not register chats route", request_id=conn.request_id, error=str(exc))
-        try:
-            chat = await backend.load_selected_chat(key)
-        except Exception as exc:
-            self.log.warn("could not restore selected chat", request_id=conn.request_id, error=str(exc))
-            chat = None
+            self.log.warn("could not record the session in Redis", request_id=conn.request_id, error=str(exc))
+            return
         if chat is None or not is_valid_id(chat) or conn.ended or conn.chat is not None:
             return
         try:
@@ -390,7 +381,6 @@ class Gateway:
         self._ack(conn, ack_id)
         try:
             await backend.save_selected_chat(conn.session_key, chat)
-            await backend.touch(conn.session_key)
         except Exception as exc:
             self.log.warn("could not persist selected chat", request_id=conn.request_id, error=str(exc))
         if old_released and old is not None and not self.registry.chat_selected(pair, old):
