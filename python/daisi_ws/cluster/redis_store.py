@@ -56,6 +56,35 @@ else
     return 0
 end
 """
+# The renewal pass applies the scripts above to a whole slice in one call: the same effect
+# per key (Go pods see identical keys, values and TTLs), without one client round trip of
+# Python work per key. KEYS = locks, then selected-chat keys, then route sets;
+# ARGV = pod_id, number of locks, number of selected-chat keys, then one TTL per key.
+# Returns the compare-and-expire results of the locks, then the member-and-expire results
+# of the routes.
+RENEW_SLICE = """
+local pod = ARGV[1]
+local nlocks = tonumber(ARGV[2])
+local nchats = tonumber(ARGV[3])
+local out = {}
+for i = 1, #KEYS do
+    local key, ttl = KEYS[i], ARGV[3 + i]
+    if i <= nlocks then
+        if redis.call("GET", key) == pod then
+            out[#out + 1] = redis.call("EXPIRE", key, ttl)
+        else
+            out[#out + 1] = 0
+        end
+    elseif i <= nlocks + nchats then
+        redis.call("EXPIRE", key, ttl)
+    elseif redis.call("SISMEMBER", key, pod) == 1 then
+        out[#out + 1] = redis.call("EXPIRE", key, ttl)
+    else
+        out[#out + 1] = 0
+    end
+end
+return out
+"""
 
 # --- acquisition timings (SPEC §5.3) ------------------------------------------------------
 KILL_PUBLISH_PAUSES = (0.1, 0.2)  # up to 3 attempts, 100 ms then 200 ms apart
@@ -74,6 +103,7 @@ CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 POOL_SIZE = 128
 PIPELINE_CHUNK = 500  # commands per pipelined round trip: bounds how long a tick holds the loop
+RENEWAL_SLICE = 250  # sessions (and routes) renewed per slice of a renewal pass
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -154,6 +184,7 @@ class RedisStore:
         self.compare_and_delete = self.client.register_script(COMPARE_AND_DELETE)
         self.compare_and_expire = self.client.register_script(COMPARE_AND_EXPIRE)
         self.member_and_expire = self.client.register_script(MEMBER_AND_EXPIRE)
+        self.renew_slice = self.client.register_script(RENEW_SLICE)
         m = metrics
         lock_types = ("initial_setnx", "retry_setnx", "force_set", "reassert")
         self.lock_attempt = {(u, t): m.lock_attempts.labels(u, t) for u in USER_TYPES for t in lock_types}
@@ -530,37 +561,54 @@ class Renewal:
             await asyncio.sleep(delay)
 
     async def tick(self) -> None:
+        """One renewal pass, in slices of RENEWAL_SLICE sessions and routes: each slice is its
+        own round trips, so the pass never holds the event loop for more than one slice."""
         store = self.store
         gw = self.gateway
         if gw is None:
             return
         self._seen.clear()  # activity keys may be written again this interval
+        at = store.settings.adaptive_ttl
+        registry = gw.registry
+        sessions = list(registry.sessions.items())
+        pairs, chats = registry.route_keys()
+        routes: list[tuple[str, str, AdaptiveRule, Any]] = [
+            (chats_route_key(*p), "chat_route", at.chat_route, p) for p in pairs
+        ] + [(message_route_key(*c), "message_route", at.message_route, c) for c in chats]
+        if self.queue_mode:
+            await self._keep_pod()
+        for start in range(0, max(len(sessions), len(routes)), RENEWAL_SLICE):
+            stop = start + RENEWAL_SLICE
+            try:
+                await self._renew(sessions[start:stop], routes[start:stop])
+            except RedisError:
+                # Redis is failing: the remaining slices would only wait for the same error
+                self._fail_all(sessions[stop:], None)
+                return
+
+    async def _renew(
+        self, sessions: list[tuple[str, Any]], routes: list[tuple[str, str, AdaptiveRule, Any]]
+    ) -> None:
+        """SPEC §5.6 and §6.3 for one slice; raises RedisError after counting and logging."""
+        store = self.store
+        gw = self.gateway
+        registry = gw.registry
         settings = store.settings
         app = settings.app
         at = settings.adaptive_ttl
         pod = store.pod_bytes
-        sessions = list(gw.registry.sessions.items())
-        pairs, chats = gw.registry.route_keys()
-        routes: list[tuple[str, str, AdaptiveRule]] = [
-            (chats_route_key(*p), "chat_route", at.chat_route) for p in pairs
-        ] + [(message_route_key(*c), "message_route", at.message_route) for c in chats]
-        route_owners: list[Any] = [*pairs, *chats]  # registry keys, to re-check before fixing
-        if not sessions and not routes:
-            if self.queue_mode:
-                await self._keep_pod()
-            return
         now = time.time()
 
-        # Round trip 1: activity keys of the enabled rules.
-        gets: list[Callable[[Pipeline], Any]] = []
+        # Round trip 1: activity keys of the enabled rules, one MGET.
+        activity_keys: list[str] = []
         if at.session_lock.enabled:
-            gets.extend(_getter(key + ":last_active") for key, _ in sessions)
-        gets.extend(_getter(key + ":last_active") for key, _, rule in routes if rule.enabled)
+            activity_keys.extend(key + ":last_active" for key, _ in sessions)
+        activity_keys.extend(key + ":last_active" for key, _, rule, _ in routes if rule.enabled)
         try:
-            values = await _run_chunked(store, gets) if gets else []
+            values = await store.client.mget(activity_keys) if activity_keys else []
         except RedisError as exc:
             self._fail_all(sessions, exc)
-            return
+            raise
         it = iter(values)
         session_ttls: list[int] = []
         for _ in sessions:
@@ -569,35 +617,27 @@ class Renewal:
             store.observe_ttl("session_lock", ttl, decision, age)
             session_ttls.append(ttl)
         route_ttls: list[int] = []
-        for _, key_type, rule in routes:
+        for _, key_type, rule, _ in routes:
             value = next(it) if rule.enabled else None
             ttl, decision, age = decide_ttl(rule, app.route_ttl_seconds, now, value)
             store.observe_ttl(key_type, ttl, decision, age)
             route_ttls.append(ttl)
 
-        # Round trip 2: compare-and-expire locks, EXPIRE selected chats, member-and-expire routes.
-        ops: list[Callable[[Pipeline], Any]] = []
-        cae = store.compare_and_expire
-        mae = store.member_and_expire
-        for (key, conn), ttl in zip(sessions, session_ttls, strict=True):
+        # Round trip 2: compare-and-expire locks, EXPIRE selected chats, member-and-expire
+        # routes, all in one RENEW_SLICE call.
+        for _, conn in sessions:
             store.renew_attempt[conn.kind].inc()
-            ops.append(_script(cae, key, pod, ttl))
-        users = [(key, ttl) for (key, conn), ttl in zip(sessions, session_ttls, strict=True) if conn.kind == "user"]
-        for key, ttl in users:
-            ops.append(_expire(key + ":selected_chat", ttl))
-        for (key, _, _), ttl in zip(routes, route_ttls, strict=True):
-            ops.append(_script(mae, key, pod, ttl))
-        if self.queue_mode:
-            ops.append(_sadd(PODS_KEY, pod))
-            ops.append(_expire(PODS_KEY, app.route_ttl_seconds))
+        users = [(key + ":selected_chat", ttl) for (key, conn), ttl in zip(sessions, session_ttls, strict=True) if conn.kind == "user"]
+        keys = [key for key, _ in sessions] + [key for key, _ in users] + [key for key, _, _, _ in routes]
+        ttls = [*session_ttls, *(ttl for _, ttl in users), *route_ttls]
         try:
-            results = await _run_chunked(store, ops)
+            results = await store.renew_slice(keys=keys, args=[pod, len(sessions), len(users), *ttls])
         except RedisError as exc:
             self._fail_all(sessions, exc, attempted=True)
-            return
+            raise
         n_sessions = len(sessions)
         lock_results = results[:n_sessions]
-        route_results = results[n_sessions + len(users) : n_sessions + len(users) + len(routes)]
+        route_results = results[n_sessions:]
 
         # Round trip 3: re-assert expired locks, re-register lost routes.
         fixes: list[Callable[[Pipeline], Any]] = []
@@ -611,13 +651,12 @@ class Renewal:
                 store.renew_success[kind].inc()
             else:
                 failure.labels(kind, "failed_to_renew").inc()
-                if gw.registry.holder(key) is conn:  # not ended meanwhile (e.g. killed)
+                if registry.holder(key) is conn:  # not ended meanwhile (e.g. killed)
                     reassert.append((key, conn, ttl))
                     fixes.append(_setnx(key, pod, ttl))
         route_ttl = app.route_ttl_seconds
-        registry = gw.registry
         lost_routes = []
-        for (key, _, _), owner, res in zip(routes, route_owners, route_results, strict=True):
+        for (key, _, _, owner), res in zip(routes, route_results, strict=True):
             if res == 0 and (owner in registry.users if len(owner) == 2 else owner in registry.chats):
                 lost_routes.append(key)
                 fixes.append(_sadd(key, pod))
@@ -628,7 +667,7 @@ class Renewal:
             fixed = await _run_chunked(store, fixes)
         except RedisError as exc:
             self._log_error("could not re-assert locks or routes", exc)
-            return
+            raise
         for (key, conn, _), res in zip(reassert, fixed[: len(reassert)], strict=True):
             kind = conn.kind
             store.lock_attempt[(kind, "reassert")].inc()
@@ -637,21 +676,23 @@ class Renewal:
             if res:
                 store.lock_success[(kind, "reassert")].inc()
                 store.log.info("session lock re-asserted", pod_id=store.pod_id)
-                if gw.registry.holder(key) is not conn:  # ended while we re-asserted: give back
+                if registry.holder(key) is not conn:  # ended while we re-asserted: give back
                     gw.spawn(store.compare_and_delete(keys=[key], args=[pod]))
-            elif gw.registry.holder(key) is conn:
+            elif registry.holder(key) is conn:
                 store.log.info("session lock lost to another pod", pod_id=store.pod_id)
                 gw.lose_session(key)
         if lost_routes:
             store.log.info("routes re-registered", count=len(lost_routes))
 
-    def _fail_all(self, sessions: list[tuple[str, Any]], exc: Exception, attempted: bool = False) -> None:
+    def _fail_all(self, sessions: list[tuple[str, Any]], exc: Exception | None, attempted: bool = False) -> None:
+        """Count a Redis error for every session of a failed slice (logged once per 30 s)."""
         failure = self.store.metrics.renewal_failure
         for _, conn in sessions:
             if not attempted:
                 self.store.renew_attempt[conn.kind].inc()
             failure.labels(conn.kind, "error").inc()
-        self._log_error("session renewal failed", exc)
+        if exc is not None:
+            self._log_error("session renewal failed", exc)
 
     def _log_error(self, message: str, exc: Exception) -> None:
         now = time.monotonic()
@@ -667,10 +708,6 @@ class Renewal:
 
 
 # Small closures so a tick can build its operation list once and chunk it freely.
-def _getter(key: str) -> Callable[[Pipeline], Any]:
-    return lambda p: p.get(key)
-
-
 def _expire(key: str, ttl: int) -> Callable[[Pipeline], Any]:
     return lambda p: p.expire(key, ttl)
 
@@ -681,11 +718,3 @@ def _sadd(key: str, member: bytes) -> Callable[[Pipeline], Any]:
 
 def _setnx(key: str, value: bytes, ttl: int) -> Callable[[Pipeline], Any]:
     return lambda p: p.set(key, value, nx=True, ex=ttl)
-
-
-def _script(script: Any, key: str, pod: bytes, ttl: int) -> Callable[[Pipeline], Any]:
-    def op(p: Pipeline) -> Any:
-        p.scripts.add(script)  # the pipeline loads missing scripts before executing
-        return p.evalsha(script.sha, 1, key, pod, ttl)
-
-    return op
