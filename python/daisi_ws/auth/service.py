@@ -326,26 +326,18 @@ class AuthService:
 
     def validate_user_token(self, token: str | None, now: float | None = None) -> UserClaims:
         """Claims of a user token, or AuthError per SPEC §2.4 (user wording)."""
-        kind = self._user
-        if now is None:
-            now = time.time()
-        if token:
-            if kind.ttl:
-                claims = kind.cache.get(token, now)  # counts the hit or miss itself
-                if claims is not None:
-                    return claims
-            return self._validate(kind, token, now)
-        w = kind.wording
-        raise kind.fail(REASON_MISSING, 403, INVALID_TOKEN, w.missing, _MISSING_DETAILS)
+        return self._check(self._user, token, now)
 
     def validate_admin_token(self, token: str | None, now: float | None = None) -> AdminClaims:
         """Claims of an admin token, or AuthError per SPEC §2.4 (admin wording)."""
-        kind = self._admin
+        return self._check(self._admin, token, now)
+
+    def _check(self, kind: _Kind[C], token: str | None, now: float | None) -> C:
         if now is None:
             now = time.time()
         if token:
             if kind.ttl:
-                claims = kind.cache.get(token, now)  # counts the hit or miss itself
+                claims: C | None = kind.cache.get(token, now)  # counts the hit or miss itself
                 if claims is not None:
                     return claims
             return self._validate(kind, token, now)
