@@ -542,7 +542,7 @@ class HttpProtocol(asyncio.Protocol):
         self._send(reply, request_id, close=True)
 
     def switch(self, upgrade: Upgrade, request_id: str) -> Connection | None:
-        """Write the 101 and hand the transport to a new Connection (SPEC §3.4)."""
+        """Answer 101 and hand the transport to a new Connection (SPEC §3.4)."""
         if self.lost or self.transport.is_closing():
             return None
         gw = self.gw
@@ -553,7 +553,6 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         gw.http_conns.discard(self)
         transport = self.transport
-        transport.write(response.serialize())
         proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes, logger=WS_LOGGER)
         proto.extensions = upgrade.hs.extensions
         proto.subprotocol = upgrade.hs.subprotocol
@@ -564,8 +563,11 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_protocol(conn)
         conn.connection_made(transport)
         self.conn = None  # type: ignore[assignment]
+        # The 101 goes through the socket's queue: it leaves with the ready frame in one write.
+        gw.hub.send(conn, response.serialize())
         gw.register(conn)
         if trailing:
+            conn.flush()  # the 101 and ready precede anything the early frames make us send
             conn.data_received(bytes(trailing))
         transport.resume_reading()
         return conn
