@@ -8,6 +8,7 @@ No Task per socket: heartbeats come from the gateway's sweep, writes from the hu
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ _NO_FRAGMENTS = 0
 _TEXT_FRAGMENTS = 1
 _SKIP_FRAGMENTS = 2  # binary messages are ignored, fragments included
 
+
+FIRST_PING_SPREAD = 0.5
 
 # One logger for every socket's protocol: websockets otherwise looks it up per instance.
 WS_LOGGER = logging.getLogger("websockets.server")
@@ -124,7 +127,10 @@ class Connection(hotpath.SendQueue):
         now = time.monotonic()
         self.opened_at = now
         self.last_pong = now
-        self.next_ping = now + gw.settings.app.ping_interval_seconds
+        # The first ping comes after 50-100 % of the interval (then every interval): sockets
+        # that connect together (a reconnect storm, a load test) are not pinged together, so
+        # neither the pings nor the pongs they bring back arrive as one burst.
+        self.next_ping = now + gw.settings.app.ping_interval_seconds * (1.0 - FIRST_PING_SPREAD * random.random())
         self.close_deadline = 0.0
         self.ended = False
         self._frag_mode = _NO_FRAGMENTS
