@@ -281,23 +281,28 @@ def target(kind: str, keys: Keys, stack: Stack | None, pure: bool = False, extra
 # --- the load generator -------------------------------------------------------------------------------
 
 
-def loadtest(t: Target, stack: Stack | None, *, cpus: str | None = LOADGEN_CPUS, timeout: float = 600, **opts: Any) -> dict[str, Any]:
-    """Run `daisi-ws loadtest --json` (pinned) against `t`; returns its result dict."""
+def loadtest(
+    t: Target | Sequence[Target], stack: Stack | None, *, cpus: str | None = LOADGEN_CPUS, timeout: float = 600, **opts: Any
+) -> dict[str, Any]:
+    """Run `daisi-ws loadtest --json` (pinned) against `t` (or several pods of one cluster: the
+    sockets round-robin over them, server CPU and RSS are summed); returns its result dict."""
+    pods = [t] if isinstance(t, Target) else list(t)
+    t = pods[0]
     cmd = [
         executable("daisi-ws"),
         "loadtest",
         "--json",
         "--url",
-        t.url,
+        ",".join(p.url for p in pods),
         "--api-key",
         t.keys.api,
         "--admin-api-key",
         t.keys.admin_api,
         "--aes-key",
         t.keys.aes,
-        "--server-pid",
-        str(t.pid),
     ]
+    for p in pods:
+        cmd += ["--server-pid", str(p.pid)]
     if stack is not None:
         cmd += ["--nats-url", stack.nats_url]
         for pid in stack.pids:
@@ -350,7 +355,7 @@ def layout_for(connections: int, fanout: int = 100) -> dict[str, int]:
 
 
 def measured(
-    t: Target,
+    t: Target | Sequence[Target],
     stack: Stack,
     quiet: bool,
     log: Callable[[str], None],

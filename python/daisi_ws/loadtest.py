@@ -352,14 +352,14 @@ class _Client(asyncio.Protocol):
         "waiter",
     )
 
-    def __init__(self, w: _Worker, path: str, chat: str | None) -> None:
+    def __init__(self, w: _Worker, base_uri: Any, path: str, chat: str | None) -> None:
         from websockets.client import ClientProtocol
         from websockets.typing import Subprotocol
 
         self.w = w
         self.chat = chat
         resource, _, query = path.partition("?")
-        uri = dataclasses.replace(w.base_uri, path=resource, query=query)
+        uri = dataclasses.replace(base_uri, path=resource, query=query)
         self.proto = ClientProtocol(uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=None)
         self.transport: Any = None
         self.buf = b""
@@ -552,13 +552,11 @@ class _Worker:
 
     def __init__(self, pipe: Any, spec: dict[str, Any]) -> None:
         self.pipe = pipe
-        self.host: str = spec["host"]
-        self.port: int = spec["port"]
-        self.base: str = spec["base"]
         from websockets.uri import parse_uri
 
-        self.base_uri = parse_uri(self.base + "/")
-        self.targets: list[tuple[str, str | None]] = spec["targets"]
+        # one (host, port, base URI) per server; a target names its server by index
+        self.endpoints: list[tuple[str, int, Any]] = [(h, p, parse_uri(b + "/")) for h, p, b in spec["endpoints"]]
+        self.targets: list[tuple[int, str, str | None]] = spec["targets"]
         self.concurrency: int = spec["connect_concurrency"]
         self.connect_timeout: float = spec["connect_timeout"]
         self.parser: str = spec["parser"]
@@ -631,15 +629,13 @@ class _Worker:
     async def connect_all(self) -> None:
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(self.concurrency)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        address = (self.host, self.port)
 
-        async def tcp_connect() -> socket.socket:
+        async def tcp_connect(host: str, port: int) -> socket.socket:
             # a plain non-blocking connect: create_connection() would re-resolve the
             # address for every socket, which costs the load generator more than the handshake
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
-            err = sock.connect_ex(address)
+            err = sock.connect_ex((host, port))
             if err not in (0, errno.EINPROGRESS):
                 sock.close()
                 raise OSError(err, os.strerror(err))
@@ -657,11 +653,12 @@ class _Worker:
                     raise OSError(err, os.strerror(err))
             return sock
 
-        async def one(path: str, chat: str | None) -> None:
+        async def one(endpoint: int, path: str, chat: str | None) -> None:
+            host, port, base_uri = self.endpoints[endpoint]
             async with sem:
                 try:
-                    sock = await asyncio.wait_for(tcp_connect(), self.connect_timeout)
-                    _, client = await loop.create_connection(lambda: _Client(self, path, chat), sock=sock)
+                    sock = await asyncio.wait_for(tcp_connect(host, port), self.connect_timeout)
+                    _, client = await loop.create_connection(lambda: _Client(self, base_uri, path, chat), sock=sock)
                     assert isinstance(client, _Client)
                     waiter = client.waiter
                     if waiter is not None:
@@ -676,7 +673,7 @@ class _Worker:
 
         started = time.monotonic()
         cpu0 = cpu_seconds_self()
-        await asyncio.gather(*(one(path, chat) for path, chat in self.targets))
+        await asyncio.gather(*(one(endpoint, path, chat) for endpoint, path, chat in self.targets))
         self.send(
             "connected",
             {
@@ -914,19 +911,28 @@ class LoadOptions:
     connect_concurrency: int = 64
     connect_timeout: float = 30.0
     parser: str = "fast"  # fast | websockets
-    server_pid: int | None = None
+    server_pids: list[int] = field(default_factory=list)  # one per server (default: found by port)
     helper_pids: list[int] = field(default_factory=list)  # nats-server, redis-server: CPU reported apart
     progress: bool = False
     label: str = ""
     # user ids are u<tag><n>: a fresh tag per run keeps runs from taking over each other's sessions
     user_tag: str = field(default_factory=lambda: os.urandom(3).hex() + "-")
 
+    def urls(self) -> list[str]:
+        """The servers: socket i connects to urls()[i % len(urls())] (pods of one cluster)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
     def validate(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("ws", "http") or not parts.hostname or not parts.port:
+        if not self.urls():
             raise ValueError("--url must be ws://HOST:PORT or http://HOST:PORT")
-        if not is_loopback_host(parts.hostname):
-            raise ValueError(f"refusing non-loopback target {parts.hostname!r}: loadtest drives loopback servers only")
+        for url in self.urls():
+            parts = urlsplit(url)
+            if parts.scheme not in ("ws", "http") or not parts.hostname or not parts.port:
+                raise ValueError("--url must be ws://HOST:PORT or http://HOST:PORT (comma-separated for several pods)")
+            if not is_loopback_host(parts.hostname):
+                raise ValueError(f"refusing non-loopback target {parts.hostname!r}: loadtest drives loopback servers only")
+        if self.server_pids and len(self.server_pids) != len(self.urls()):
+            raise ValueError("give one --server-pid per --url server, or none")
         if self.via in ("nats", "jetstream"):
             if not self.nats_url:
                 raise ValueError("--via nats needs --nats-url (or nats.url in the config)")
@@ -1017,11 +1023,15 @@ class _Progress:
 class Coordinator:
     def __init__(self, opts: LoadOptions) -> None:
         self.o = opts
-        parts = urlsplit(opts.url)
-        assert parts.hostname is not None and parts.port is not None
-        self.host = parts.hostname
-        self.port = parts.port
+        self.endpoints: list[tuple[str, int]] = []
+        for url in opts.urls():
+            parts = urlsplit(url)
+            assert parts.hostname is not None and parts.port is not None
+            self.endpoints.append((parts.hostname, parts.port))
+        # the first server takes /api/publish (--via http) and answers /metrics questions
+        self.host, self.port = self.endpoints[0]
         self.http_base = f"http://{self.host}:{self.port}"
+        self.pids: list[int] = []  # every server's pid, once known (CPU and RSS are summed)
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
         self.progress: dict[int, tuple[int, int, int, int]] = {}
@@ -1030,18 +1040,19 @@ class Coordinator:
         self.bar = _Progress(opts.progress)
 
     # --- workers -----------------------------------------------------------------------
-    def _targets(self) -> list[tuple[str, str | None]]:
+    def _targets(self) -> list[tuple[int, str, str | None]]:
         from daisi_ws.auth.tokens import TokenCipher, mint_user_token, parse_aes_key
 
         cipher = TokenCipher(parse_aes_key(self.o.aes_key))
         expires = datetime.now(timezone.utc) + timedelta(seconds=self.o.duration + self.o.warmup + 3600)
         key = quote(self.o.api_key, safe="")
         layout = self.o.layout()
-        out: list[tuple[str, str | None]] = []
+        out: list[tuple[int, str, str | None]] = []
+        servers = len(self.endpoints)
         for i in range(self.o.connections):
             company, agent, user, chat = layout.socket(i)
             token = mint_user_token(cipher, company, agent, user, expires)
-            out.append((f"/ws/{company}/{agent}?token={quote(token, safe='')}&x-api-key={key}", chat))
+            out.append((i % servers, f"/ws/{company}/{agent}?token={quote(token, safe='')}&x-api-key={key}", chat))
         return out
 
     def n_procs(self) -> int:
@@ -1052,7 +1063,7 @@ class Coordinator:
         by_cpu = min(cores, math.ceil(self.o.connections / 500))
         return max(1, by_fd, by_cpu)
 
-    def _start_workers(self, targets: list[tuple[str, str | None]]) -> None:
+    def _start_workers(self, targets: list[tuple[int, str, str | None]]) -> None:
         ctx = multiprocessing.get_context("spawn")
         n = self.n_procs()
         per_conc = max(1, self.o.connect_concurrency // n)
@@ -1060,9 +1071,7 @@ class Coordinator:
         for k in range(n):
             parent, child = ctx.Pipe()
             spec = {
-                "host": self.host,
-                "port": self.port,
-                "base": f"ws://{self.host}:{self.port}",
+                "endpoints": [(h, p, f"ws://{h}:{p}") for h, p in self.endpoints],
                 "targets": targets[k::n],
                 "connect_concurrency": per_conc,
                 "connect_timeout": self.o.connect_timeout,
@@ -1121,6 +1130,7 @@ class Coordinator:
     def _own_pids(self, server_pid: int | None) -> set[int]:
         pids = {os.getpid(), *(p.pid for p in self.procs if p.pid is not None)}
         pids.update(self.o.helper_pids)
+        pids.update(self.pids)
         if server_pid is not None:
             pids.add(server_pid)
         return pids
@@ -1138,17 +1148,40 @@ class Coordinator:
                 proc.join(5)
 
     # --- server probes -------------------------------------------------------------------
+    def _servers_sum(self, of_pid: Callable[[int], Any], metric: str) -> float | None:
+        """Sum over every server: from /proc when the pids are known, else from /metrics."""
+        if self.pids:
+            values = [of_pid(p) for p in self.pids]
+            return None if any(v is None for v in values) else float(sum(values))
+        total = 0.0
+        for host, port in self.endpoints:
+            value = fetch_metrics(f"http://{host}:{port}").get(metric)
+            if not value:
+                return None
+            total += float(value)
+        return total
+
     def server_rss(self, pid: int | None) -> int | None:
-        if pid is not None:
+        if pid is not None and len(self.pids) <= 1:
             return proc_rss_bytes(pid)
-        value = fetch_metrics(self.http_base).get("process_resident_memory_bytes")
-        return int(float(value)) if value else None
+        value = self._servers_sum(proc_rss_bytes, "process_resident_memory_bytes")
+        return None if value is None else int(value)
 
     def server_cpu(self, pid: int | None) -> float | None:
-        if pid is not None:
+        if pid is not None and len(self.pids) <= 1:
             return proc_cpu_seconds(pid)
-        value = fetch_metrics(self.http_base).get("process_cpu_seconds_total")
-        return float(value) if value else None
+        value = self._servers_sum(proc_cpu_seconds, "process_cpu_seconds_total")
+        return None if value is None else round(value, 3)
+
+    def server_affinity(self) -> list[int] | None:
+        """The CPUs any server may run on (None if unknown)."""
+        cpus: set[int] = set()
+        for pid in self.pids:
+            one = affinity(pid)
+            if one is None:
+                return None
+            cpus.update(one)
+        return sorted(cpus) if cpus else None
 
     def server_native(self) -> bool | None:
         for key in fetch_metrics(self.http_base):
@@ -1161,14 +1194,16 @@ class Coordinator:
         o = self.o
         loop = asyncio.get_running_loop()
         nofile = raise_nofile_limit()
-        pid = o.server_pid or find_listener_pid(self.port)
+        found: list[int | None] = [*o.server_pids] or [find_listener_pid(port) for _, port in self.endpoints]
+        self.pids = [p for p in found if p is not None] if None not in found else []
+        pid = self.pids[0] if self.pids else None
         native = self.server_native()
         res: dict[str, Any] = {
             "label": o.label,
             "options": {k: v for k, v in asdict(o).items() if k not in ("api_key", "admin_api_key", "aes_key")},
             "machine": machine_info(),
             "loadgen": {"nofile_limit": nofile, "procs": self.n_procs(), "parser": o.parser},
-            "server": {"pid": pid, "native": native},
+            "server": {"pid": pid, "pids": list(self.pids), "servers": len(self.endpoints), "native": native},
         }
         targets = self._targets()
         rss0 = self.server_rss(pid)
@@ -1229,7 +1264,7 @@ class Coordinator:
             "loadgen_cpu_s": round(sum(r["cpu"] for r in reports) + cpu_seconds_self() - cpu_lg0, 3),
             "background_cpu_s": background_cpu(procs0, procs1, self._own_pids(pid)),
         }
-        server_cpus = affinity(pid) if pid is not None else None
+        server_cpus = self.server_affinity()
         loadgen_cpus = affinity(os.getpid())
         if server_cpus and loadgen_cpus and not set(server_cpus) & set(loadgen_cpus):
             res["handshake"]["server_cores_busy"] = (cores_busy(cores0, cores1, server_cpus) or {}).get("busy")
@@ -1406,7 +1441,7 @@ class Coordinator:
             # every other process on the machine: non-zero means the numbers are disturbed
             "background_cpu_s": background_cpu(procs0, procs1, self._own_pids(pid)),
         }
-        server_cpus = affinity(pid) if pid is not None else None
+        server_cpus = self.server_affinity()
         loadgen_cpus = affinity(os.getpid())
         su = res["cpu"]["server_util"] or 0.0
         lu = res["cpu"]["loadgen_util"] or 0.0
@@ -1463,7 +1498,11 @@ def machine_info() -> dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `daisi-ws loadtest` flags (cli.py adds --config)."""
-    p.add_argument("--url", default=None, help="server base URL, loopback only (default ws://127.0.0.1:<server.http_port>)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help="server base URL, loopback only (default ws://127.0.0.1:<server.http_port>); several pods: comma-separated, sockets round-robin over them",
+    )
     p.add_argument("-n", "--connections", type=int, default=1000, help="sockets to open (default 1000)")
     p.add_argument("--companies", type=int, default=10, help="companies the users spread over (default 10)")
     p.add_argument("--agents", type=int, default=1, help="agents per company (default 1)")
@@ -1493,7 +1532,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-concurrency", type=int, default=64, help="handshakes in flight (default 64)")
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--parser", choices=("fast", "websockets"), default="fast", help="client frame parsing (default fast)")
-    p.add_argument("--server-pid", type=int, default=None, help="server pid for CPU/RSS (default: the process listening on the port, else /metrics)")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="server pid for CPU/RSS, one per --url server (default: the process listening on the port, else /metrics); CPU and RSS are summed over servers",
+    )
     p.add_argument(
         "--helper-pid",
         type=int,
@@ -1540,7 +1585,7 @@ def options_from_args(args: argparse.Namespace, settings: Any | None) -> LoadOpt
         connect_concurrency=args.connect_concurrency,
         connect_timeout=args.connect_timeout,
         parser=args.parser,
-        server_pid=args.server_pid,
+        server_pids=list(args.server_pid),
         helper_pids=list(args.helper_pid),
         progress=not args.no_progress and not args.json and sys.stderr.isatty(),
         label=args.label,
