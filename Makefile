@@ -14,7 +14,7 @@ PURE_STORAGE := file://./.benchmarks/pure
 
 .PHONY: install serve test test-native test-pure lint benchmark benchmark-pure benchmark-inproc \
         benchmark-auth benchmark-conn benchmark-msg benchmark-session benchmark-integration \
-        benchmark-hotpath benchmark-compare benchmark-report profile wheel clean
+        benchmark-hotpath benchmark-delivery benchmark-compare benchmark-report profile wheel clean
 
 install: $(STAMP)
 
@@ -65,6 +65,8 @@ benchmark-integration: $(STAMP)
 	$(BENCH) benchmarks/test_bench_integration.py
 benchmark-hotpath: $(STAMP)
 	$(BENCH) benchmarks/test_bench_hotpath.py
+benchmark-delivery: $(STAMP)
+	$(BENCH) benchmarks/test_bench_delivery.py
 
 benchmark-compare: $(STAMP)
 	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { \

@@ -138,6 +138,7 @@ ROWS: list[Row] = [
 
 # Extra_info keys worth showing in the generic tables (in this order).
 INFO_KEYS = (
+    "latency_ms", "overhead", "takeover_ms", "target",
     "hit_ratio", "workload", "distinct_tokens", "connections", "sockets", "resident_connections",
     "rss_per_connection_bytes", "rss_growth_bytes", "handshakes_per_second", "server_cpu_us_per_event",
     "server_cpu_us_per_message", "server_cpu_ms_per_broadcast", "publish_to_all_received_p50_us",
@@ -448,6 +449,12 @@ def targets(idx: Index) -> list[str]:
         if r.info.get("vs_baseline") is not None and (r.bench.get("params") or {}).get("kind") == "daisi-embedded":
             lines.append(f"| Handshake + auth + lock (embedded) ≥ the baseline's handshakes/s | "
                          f"{r.info.get('handshakes_per_s')}/s, {r.info['vs_baseline']}\u00d7 baseline | {'yes' if r.info['vs_baseline'] >= 1 else 'NO'} |")
+    for name, label in (("test_interest_latency", "Interest mode, 1 pod, 1,000 sockets x 20 ev/s: NATS publish -> socket p99 ≤ 5 ms"),
+                        ("test_takeover", "Takeover across two pods (B ready, A closed 4402): p50 ≤ 30 ms")):
+        r = find(name)
+        if r is not None and r.info.get("target"):
+            measured = r.info.get("latency_ms") or r.info.get("takeover_ms")
+            lines.append(f"| {label} | {info_summary({'latency_ms': measured}) if isinstance(measured, dict) else measured} | {r.info['target'].rsplit(': ', 1)[-1]} |")
     if len(lines) == 2:
         lines.append("| (no saved run measured the targets yet: `make benchmark`) | | |")
     return lines
@@ -525,6 +532,11 @@ def render(idx: Index) -> str:
         doc += ["## Throughput, CPU and memory against the baseline gateway (benchmarks/test_bench_throughput.py)", "",
                 "Time = wall time of the load run; the figures are in Details.", "",
                 *generic_table(idx, thr), ""]
+    dlv = group_keys(idx, ("delivery",))
+    if dlv:
+        doc += ["## Delivery latency, queue-mode forwarding, takeover (benchmarks/test_bench_delivery.py, issue 4)", "",
+                "Time = wall time of the load runs (takeover: per takeover); the figures are in Details.", "",
+                *generic_table(idx, dlv), ""]
     doc += ["## The project's targets on this machine", "", *targets(idx), "",
             "## Machine", "", *machine_section(idx.runs, used_runs), ""]
     return "\n".join(doc)
