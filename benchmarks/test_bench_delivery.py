@@ -239,7 +239,7 @@ def test_queue_vs_interest(benchmark: Any, request: pytest.FixtureRequest, stack
     summary = {mode: [_summary(r) for r in results] for mode, results in runs.items()}
 
     def median(mode: str, key: str) -> float:
-        return float(statistics.median(s[key] for s in summary[mode]))
+        return round(float(statistics.median(s[key] for s in summary[mode])), 3)
 
     info = benchmark.extra_info
     info.update(sockets=n, pods=3, per_socket_rate=PER_SOCKET_RATE, rounds=rounds, pinned=lc.can_pin())
