@@ -157,6 +157,22 @@ async def test_messages_only_to_sockets_selecting_the_chat(hub: Hub) -> None:
     assert other_pair.frames() == []
 
 
+async def test_build_once_then_dispatch_built(hub: Hub) -> None:
+    """The queue consumer validates once (it needs the route) and delivers what it built."""
+    on_chat = add_user(hub, "u1", "c", "a", chat="x")
+    admin = add_admin(hub, "adm", "c", "*")
+    built = hub.build("websocket.c.a.messages.x", b' {"event_id":"m"} ')
+    assert built is not None
+    assert (built[0].company, built[0].agent, built[0].chat) == ("c", "a", "x")
+    assert hub.dispatch_built(built) == 1
+    agents = hub.build("websocket.c.a.agents", b'{"event_id":"g"}')
+    assert agents is not None
+    assert hub.dispatch_built(agents) == 2  # the (c, a) user socket and the admin
+    await tick()
+    assert [f["payload"]["event_id"] for f in on_chat.frames()] == ["m", "g"]
+    assert admin.frames() == [{"type": "event", "payload": {"event_type": "agent", "event_id": "g"}}]
+
+
 async def test_admin_filters(hub: Hub) -> None:
     everything = add_admin(hub, "all", "*", "*")
     company = add_admin(hub, "company", "c", "*")

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 from daisi_ws.cluster.base import Pair
 from daisi_ws.cluster.redis_store import RouteRegistry
 from daisi_ws.config import Settings
-from daisi_ws.gateway.hub import SCOPE_ADMINS, SCOPE_USERS
+from daisi_ws.gateway.hub import SCOPE_ADMINS, SCOPE_USERS, BuiltEvent
 from daisi_ws.log import Logger
 from daisi_ws.metrics import Metrics
 from daisi_ws.protocol import (
@@ -456,7 +456,7 @@ class NatsBus:
         gw = self.gateway
         hub = gw.hub
         received = self._received
-        items: list[tuple[Msg, str, str, bool, str]] = []
+        items: list[tuple[Msg, BuiltEvent, str, bool, str]] = []
         keys: dict[str, int] = {}
         any_agents = False
         for msg in batch:
@@ -475,7 +475,7 @@ class NatsBus:
             agents = parsed.kind == "agents"
             any_agents = any_agents or agents
             keys.setdefault(rkey, len(keys))
-            items.append((msg, subject, rkey, agents, label))
+            items.append((msg, built, rkey, agents, label))
         if not items:
             return None
         if any_agents:
@@ -493,10 +493,11 @@ class NatsBus:
         own = self.pod_bytes
         pending: Pending = []
         forwarding = False
-        for msg, subject, rkey, agents, label in items:
+        for msg, built, rkey, agents, label in items:
             headers = msg.headers
             rid = headers.get(REQUEST_ID) if headers else None
-            gw.deliver(subject, msg.data, rid)
+            hub.dispatch_built(built)
+            subject = msg.subject
             targets = members[keys[rkey]]
             if agents:
                 targets = targets | pods

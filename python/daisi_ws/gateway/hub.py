@@ -40,6 +40,10 @@ class ParsedSubject:
         self.chat = chat
 
 
+# A validated event: its subject, the stripped payload and the event_type to insert (or None).
+BuiltEvent = tuple[ParsedSubject, bytes, bytes | None]
+
+
 def parse_subject(subject: str) -> ParsedSubject | None:
     """`websocket.<C>.<A>.<type>[.<chat>]` (SPEC §7.2 step 1), else None."""
     parts = subject.split(".")
@@ -115,7 +119,7 @@ class Hub:
         return ok
 
     # --- dispatch ---------------------------------------------------------------------------
-    def build(self, subject: str, payload: bytes) -> tuple[ParsedSubject, bytes, bytes | None] | None:
+    def build(self, subject: str, payload: bytes) -> BuiltEvent | None:
         """Validate (SPEC §7.2 steps 1-2): (subject, stripped payload, event_type to insert).
 
         None (counted) when the event is dropped.
@@ -179,6 +183,15 @@ class Hub:
         built = self.build(subject, payload)
         if built is None:
             return 0
+        return self.dispatch_built(built, scope, admin_filter)
+
+    def dispatch_built(
+        self,
+        built: BuiltEvent,
+        scope: int = SCOPE_ALL,
+        admin_filter: tuple[str, str] | None = None,
+    ) -> int:
+        """`dispatch` for an event `build` already validated (the queue consumer needs its route)."""
         parsed, body, event_type = built
         targets: list[set[Any]] = []
         users = self.user_recipients(parsed) if scope != SCOPE_ADMINS else None
