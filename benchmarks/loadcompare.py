@@ -60,7 +60,7 @@ TASKSET = shutil.which("taskset")
 # events/s per socket, fan-out 100: frames/s = rate x sockets; a sweep stops after two failures
 SWEEP_RATES = {
     1000: [50, 75, 100, 125, 150, 200, 250, 300, 350, 400, 450, 500],
-    5000: [10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100],
+    5000: [5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100],
 }
 
 
