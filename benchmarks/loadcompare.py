@@ -807,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally blocks stop every process
     parts = set(args.only or ("sweep", "fixed", "broadcast", "idle", "handshake"))
     sizes = [int(s) for s in args.sizes.split(",")]
-    from daisi_ws.loadtest import raise_nofile_limit
+    from daisi_ws.limits import raise_nofile_limit
 
     raise_nofile_limit()
 

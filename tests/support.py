@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,15 @@ def clean_env() -> dict[str, str]:
 class ServerProcess:
     """`daisi-ws serve` in a subprocess; stdout JSON log lines are collected."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, keys: Keys | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        keys: Keys | None = None,
+        cwd: Path | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.keys = keys or Keys()
+        self.preexec = preexec  # runs in the child before exec (e.g. to lower a limit)
         self.env = clean_env()
         self.env.update(self.keys.env())
         self.env.setdefault("DAISI_WS_SERVER_HOST", "127.0.0.1")
@@ -109,6 +116,7 @@ class ServerProcess:
             cwd=str(self.cwd) if self.cwd else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=self.preexec,
         )
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()

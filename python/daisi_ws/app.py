@@ -30,6 +30,7 @@ from daisi_ws.config import (
     with_ephemeral_keys,
 )
 from daisi_ws.gateway.server import Gateway
+from daisi_ws.limits import raise_nofile_limit
 from daisi_ws.log import Logger, configure
 from daisi_ws.metrics import Metrics, metrics
 
@@ -107,6 +108,7 @@ class App:
             for key in ("secret_token", "admin_secret_token", "token_aes_key", "admin_token_aes_key"):
                 if not getattr(self.settings.auth, key):
                     self.log.warn(f"auth.{key} is not configured: the endpoints that need it answer 500")
+        max_open_files = raise_nofile_limit()
         started = time.monotonic()
         try:
             await self.backend.start()
@@ -131,6 +133,7 @@ class App:
             version=__version__,
             startup_ms=round((time.monotonic() - started) * 1000, 1),
             gc_frozen=frozen,
+            max_open_files=max_open_files,
         )
         if self.generated:
             print_ephemeral_banner(self.settings, self.gateway.port, self.generated)
