@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -100,6 +101,7 @@ class App:
     # --- run ------------------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._on_loop_error)
         for w in self.settings.warnings:
             self.log.warn(w)
         if not self.settings.app.allowed_origins:
@@ -140,6 +142,17 @@ class App:
         await self._stop.wait()
         await self.shutdown()
         return 0
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's reports (a failed accept, an exception in a callback) as JSON log lines;
+        its default handler would print plain text to stderr. The context's protocol and
+        transport reprs are left out: they can carry client addresses and request data."""
+        fields: dict[str, Any] = {}
+        exc = context.get("exception")
+        if exc is not None:
+            fields["error"] = f"{type(exc).__name__}: {exc}"
+            fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+        self.log.error(str(context.get("message") or "event loop error"), **fields)
 
     def _on_stop_signal(self) -> None:
         self._signals += 1
