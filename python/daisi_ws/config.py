@@ -174,7 +174,7 @@ class Settings:
     app: AppSettings = field(default_factory=AppSettings)
     adaptive_ttl: AdaptiveTTLSettings = field(default_factory=AdaptiveTTLSettings)
     source_path: str | None = None  # the YAML file read, if any
-    warnings: tuple[str, ...] = ()  # one line per ignored YAML key
+    warnings: tuple[str, ...] = ()  # one line per ignored YAML key or ineffective setting
 
     @property
     def embedded(self) -> bool:
@@ -566,6 +566,8 @@ def load_settings(
         settings = dataclasses.replace(
             settings, server=dataclasses.replace(settings.server, pod_id=default_pod_id())
         )
+    if not settings.nats.retry_on_failed_connect:
+        warnings.append("nats.retry_on_failed_connect=false has no effect: a pod always retries NATS")
     settings = dataclasses.replace(
         settings,
         source_path=str(path) if path is not None else None,

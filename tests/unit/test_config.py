@@ -449,6 +449,12 @@ adaptive_ttl:
     assert settings.warnings == ("unknown config key x-rule ignored",)
 
 
+def test_retry_on_failed_connect_false_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    settings = load(tmp_path, "nats:\n  retry_on_failed_connect: false\n")
+    assert settings.nats.retry_on_failed_connect is False
+    assert settings.warnings == ("nats.retry_on_failed_connect=false has no effect: a pod always retries NATS",)
+
+
 def test_yaml_keys_case_insensitive(tmp_path: Path) -> None:
     settings = load(tmp_path, "Server:\n  HTTP_Port: 9000\n")
     assert settings.server.http_port == 9000
