@@ -412,6 +412,28 @@ def test_bad_handshake_is_400(server: ServerProcess, lines: list[str]) -> None:
     assert body
 
 
+@pytest.mark.parametrize(
+    "line",
+    [b"Connection: \x06Upgrade", b"X-Client: a\x01b"],
+    ids=["control-char-in-connection", "control-char-in-other-header"],
+)
+def test_control_character_in_a_header_is_400_not_500(server: ServerProcess, line: bytes) -> None:
+    """h11 lets some control characters through; websockets' header map refuses them: a
+    client error, answered like every other malformed handshake (was: 500, logged as error)."""
+    token = server.keys.user_token("hs", "a", "u")
+    lines = [x.encode() for x in GOOD if not x.startswith("Connection:")]
+    if not line.startswith(b"Connection:"):
+        lines.append(b"Connection: Upgrade")
+    request = f"GET {ws_path('hs', 'a', token, server.keys.api)} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    request += b"".join(x + b"\r\n" for x in [*lines, line]) + b"\r\n"
+    errors_before = len(server.stderr)
+    status, headers, body = raw_request(server.port, request)
+    assert status == 400
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert body.startswith(b"Failed to open a WebSocket connection: invalid ")
+    assert len(server.stderr) == errors_before  # no error-level log line
+
+
 def test_http_1_0_is_refused(server: ServerProcess) -> None:
     status, headers, body = handshake(server, GOOD, version="HTTP/1.0")
     assert status == 400

@@ -316,9 +316,14 @@ def websocket_request(gw: Gateway, req: Req, kind: str, segments: list[str]) -> 
         select_subprotocol=_select_subprotocol,
         max_size=gw.settings.app.max_message_bytes,
     )
-    headers = Headers(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in req.raw_headers
-    )
+    try:
+        # websockets' Headers refuses values that h11 lets through (control characters)
+        headers = Headers(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in req.raw_headers
+        )
+    except InvalidHeader as exc:
+        # the same answer websockets' accept() gives for any other malformed handshake header
+        return text_reply(400, f"Failed to open a WebSocket connection: {exc}.\n")
     protocol = "HTTP/1.1" if req.http_version == "1.1" else f"HTTP/{req.http_version}"
     response = hs.accept(WsRequest(req.target, headers, "GET", protocol))
     if response.status_code != 101:
