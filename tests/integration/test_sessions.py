@@ -448,6 +448,38 @@ async def test_unreachable_redis_answers_500(nats_server: NatsServer, tmp_path: 
         stop_pods(procs)
 
 
+async def test_hanging_redis_answers_500_at_the_lock_deadline_then_recovers(nats_server: NatsServer) -> None:
+    """Redis accepts the connection but never answers (CLIENT PAUSE): the upgrade is refused
+    with the lock 500 at the user deadline (5 s), not left hanging; once Redis answers again
+    the next socket gets in."""
+    srv = RedisServer().start()
+    procs = start_pods_unready(nats_server, srv)
+    try:
+        [pod] = procs
+        from tests.support import http_request
+
+        assert wait_for(lambda: http_request(pod.http + "/ready")[0] == 200, 10)
+        control = srv.client()
+        control.execute_command("CLIENT", "PAUSE", "8000", "ALL")
+        started = time.monotonic()
+        assert await connect_status(pod.user_url(*ids())) == 500
+        elapsed = time.monotonic() - started
+        assert 4.5 <= elapsed < 6.5, elapsed
+        # the lock deadline and redis-py's 5 s command timeout race: either reason is counted once
+        failures = sum(
+            metric(pod, "dws_session_lock_failure_total", user_type="user", reason=reason)
+            for reason in ("timeout_context_cancelled", "redis_error_initial")
+        )
+        assert failures == 1
+        control.execute_command("CLIENT", "UNPAUSE")
+        c, ag, u = ids()
+        client = await Client.connect(pod.user_url(c, ag, u))  # returns once `ready` arrived
+        await client.close()
+    finally:
+        stop_pods(procs)
+        srv.stop()
+
+
 def start_pods_unready(nats_srv: NatsServer, redis_srv: RedisServer) -> list[ServerProcess]:
     from tests.integration.servers import pod_env
 

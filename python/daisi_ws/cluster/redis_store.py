@@ -33,6 +33,7 @@ from daisi_ws.protocol import (
     kill_channel,
     message_route_key,
 )
+from daisi_ws.timeouts import within
 
 # --- scripts (SPEC §5.2): KEYS[1] = key, ARGV[1] = pod_id, ARGV[2] = TTL seconds ------------
 COMPARE_AND_DELETE = """
@@ -219,7 +220,7 @@ class SessionLocks:
     async def acquire(self, key: str, user_type: str, timeout: float, local_holder: bool) -> None:
         """SPEC §5.3; raises LockError (failure metrics counted here)."""
         try:
-            await asyncio.wait_for(self._acquire(key, user_type, local_holder), timeout)
+            await within(timeout, self._acquire(key, user_type, local_holder))
         except asyncio.TimeoutError:
             self.store.metrics.lock_failure.labels(user_type, "timeout_context_cancelled").inc()
             raise LockError("context deadline exceeded", "timeout_context_cancelled") from None

@@ -50,6 +50,7 @@ from daisi_ws.protocol import (
     is_valid_id,
     message_route_key,
 )
+from daisi_ws.timeouts import within
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop
@@ -172,10 +173,8 @@ class Gateway:
     async def _lock_then_switch(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
         kind = upgrade.kind
         try:
-            await asyncio.wait_for(
-                self.backend.acquire(upgrade.session_key, kind, LOCK_DEADLINE[kind]),
-                LOCK_DEADLINE[kind] + 0.5,
-            )
+            # the backend enforces LOCK_DEADLINE itself; this is the safety net around it
+            await within(LOCK_DEADLINE[kind] + 0.5, self.backend.acquire(upgrade.session_key, kind, LOCK_DEADLINE[kind]))
         except (LockError, asyncio.TimeoutError, OSError, ConnectionError) as exc:
             reason = exc.reason if isinstance(exc, LockError) else "timeout_context_cancelled"
             if not isinstance(exc, LockError):
