@@ -329,3 +329,52 @@ def test_absolute_form_target_is_routed_by_its_path(server: ServerProcess, schem
     assert (status, body) == (200, b'{"status":"OK"}\n')
     status, _headers, body = raw_request(server.port, f"GET {scheme}://h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     assert (status, body) == (404, b"404 page not found\n")
+
+
+# --- header block size: the same answer however the bytes arrive -----------------------------------
+HEADER_LIMIT = 16 * 1024
+
+
+def request_with_headers(total: int) -> bytes:
+    """GET /health whose header block (request line to the blank line) is `total` bytes."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    filler = total - len(head) - len(b"X-Filler: \r\n\r\n")
+    return head + b"X-Filler: " + b"a" * filler + b"\r\n\r\n"
+
+
+def send_in_pieces(port: int, request: bytes, piece: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(0, len(request), piece):
+                s.sendall(request[i : i + piece])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the rest arrived
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 1000], ids=["one-write", "many-writes"])
+def test_header_block_over_the_limit_is_431_however_it_arrives(server: ServerProcess, piece: int) -> None:
+    reply = send_in_pieces(server.port, request_with_headers(HEADER_LIMIT + 4096), piece)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    assert reply.endswith(b"\r\n\r\nRequest Header Fields Too Large\n")
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 1000], ids=["one-write", "many-writes"])
+def test_header_block_under_the_limit_is_served(server: ServerProcess, piece: int) -> None:
+    reply = send_in_pieces_keepalive_free(server.port, request_with_headers(HEADER_LIMIT - 1024), piece)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+
+
+def send_in_pieces_keepalive_free(port: int, request: bytes, piece: int) -> bytes:
+    """As send_in_pieces, for a request the server answers without closing: read one answer."""
+    return send_in_pieces(port, request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"), piece)

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from daisi_ws.gateway.server import Gateway
 
 MAX_BODY = 1 << 20
+# Request line + header fields. h11 enforces it only while a request is incomplete; a complete
+# request read in one chunk is checked after parsing, so the answer never depends on how the
+# bytes were split.
+MAX_HEADER_BYTES = 16 * 1024
 LINGER_SECONDS = 2.0
 SUBPROTOCOL = Subprotocol("json.v1")
 JSON = b"application/json"
@@ -360,13 +364,21 @@ def deflate_bits(hs: ServerProtocol) -> int:
     return 0
 
 
+def header_block_size(event: h11.Request) -> int:
+    """Bytes of the request line and header fields as sent (give or take optional whitespace)."""
+    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+    for name, value in event.headers:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
 # --- the per-TCP-connection protocol -------------------------------------------------------
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("_body", "_busy", "_draining", "_req", "_timer", "conn", "gw", "lost", "transport", "upgraded")
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.transport: Any = None
         self._req: Req | None = None
         self._body = bytearray()
@@ -439,6 +451,9 @@ class HttpProtocol(asyncio.Protocol):
                 return
             etype = type(event)
             if etype is h11.Request:
+                if header_block_size(event) > MAX_HEADER_BYTES:  # type: ignore[arg-type]
+                    self._protocol_error(h11.RemoteProtocolError("header block too large", 431))
+                    return
                 self._req = Req(event)  # type: ignore[arg-type]
                 self._body = bytearray()
                 length = self._req.headers.get("content-length")
@@ -466,7 +481,8 @@ class HttpProtocol(asyncio.Protocol):
         self._req = None  # the failed request is not a HEAD whose answer has no body
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status = exc.error_status_hint if 400 <= exc.error_status_hint < 600 else 400
-            self._send(HttpReply(status, b"Bad Request\n", [(b"content-type", TEXT)]), str(uuid.uuid4()), close=True)
+            body = b"Request Header Fields Too Large\n" if status == 431 else b"Bad Request\n"
+            self._send(HttpReply(status, body, [(b"content-type", TEXT)]), str(uuid.uuid4()), close=True)
         else:
             self.transport.close()
 
