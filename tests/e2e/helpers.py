@@ -352,3 +352,22 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def push_until_blocked(sock: socket.socket, blob: bytes, limit: int, stall: float = 2.0) -> int:
+    """Send `blob` repeatedly until `limit` bytes or until the peer takes nothing for `stall` s."""
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(blob)
+    offset = 0
+    last_progress = time.monotonic()
+    while sent < limit and time.monotonic() - last_progress < stall:
+        try:
+            n = sock.send(view[offset:])
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        sent += n
+        offset = (offset + n) % len(blob)
+        last_progress = time.monotonic()
+    return sent

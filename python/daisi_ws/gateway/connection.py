@@ -47,6 +47,15 @@ _SKIP_FRAGMENTS = 2  # binary messages are ignored, fragments included
 
 FIRST_PING_SPREAD = 0.5
 
+# Why reading from a client is paused (bits; reading resumes when none is left). A client must
+# not make the server buffer without bound what it sends faster than the server can answer:
+# - the peer does not read what we write (the transport paused our writing): its pings would
+#   pile up pongs in the transport buffer;
+# - INBOX_LIMIT client messages wait behind an asynchronous select_chat (a Redis round trip).
+_READ_BLOCKED_BY_WRITES = 1
+_READ_BLOCKED_BY_INBOX = 2
+INBOX_LIMIT = 16
+
 # One logger for every socket's protocol: websockets otherwise looks it up per instance.
 WS_LOGGER = logging.getLogger("websockets.server")
 
@@ -76,6 +85,7 @@ class Connection(hotpath.SendQueue):
         "_frag_mode",
         "_fragments",
         "_inbox",
+        "_read_blocked",
         "admin_filter",
         "agent",
         "chat",
@@ -137,6 +147,7 @@ class Connection(hotpath.SendQueue):
         self._fragments: list[bytes] | None = None
         self._inbox: deque[bytes] | None = None
         self._busy = False
+        self._read_blocked = 0
 
     # --- asyncio protocol -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # set_protocol() does not call this
@@ -169,10 +180,23 @@ class Connection(hotpath.SendQueue):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self._block_reading(_READ_BLOCKED_BY_WRITES)
 
     def resume_writing(self) -> None:
         self.paused = False
+        self._unblock_reading(_READ_BLOCKED_BY_WRITES)
         self.flush()
+
+    def _block_reading(self, reason: int) -> None:
+        if not self._read_blocked and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._read_blocked |= reason
+
+    def _unblock_reading(self, reason: int) -> None:
+        was = self._read_blocked
+        self._read_blocked = was & ~reason
+        if was and not self._read_blocked and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # --- inbound ----------------------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
@@ -209,6 +233,8 @@ class Connection(hotpath.SendQueue):
             if self._inbox is None:
                 self._inbox = deque()
             self._inbox.append(data)
+            if len(self._inbox) >= INBOX_LIMIT:
+                self._block_reading(_READ_BLOCKED_BY_INBOX)
             return
         pending = self.gw.handle_client_text(self, data)
         if pending is not None:
@@ -226,6 +252,7 @@ class Connection(hotpath.SendQueue):
         finally:
             self._busy = False
             self._inbox = None
+            self._unblock_reading(_READ_BLOCKED_BY_INBOX)
 
     def invalid_utf8(self, exc: UnicodeDecodeError) -> None:
         self.proto.fail(1007, f"{exc.reason} at position {exc.start}")
