@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.helpers import raw_request, ws_path
+from tests.e2e.helpers import RawWS, raw_request, ws_path
 from tests.support import ServerProcess
 
 # Header value bytes as a client could send them: anything but CR, LF (which end the line).
@@ -66,4 +66,49 @@ def test_any_json_body_gets_200_or_4xx(server: ServerProcess, path: str, body: b
     status, _, reply = raw_request(server.port, request)
     assert status == 200 or 400 <= status < 500, (path, body, status, reply)
     json.loads(reply)  # every answer of these endpoints is a JSON body
+    assert len(server.stderr) == before, server.stderr[before:]
+
+
+# Frames after a good handshake: any opcode (reserved ones too), fin, RSV bits, masked or not,
+# JSON-ish or random payloads. The server may close the socket (1002/1007/1009 and friends) but
+# never logs an error, and the next socket still gets `ready`.
+FRAME = st.tuples(
+    st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA, 0xB, 0xF]),
+    st.booleans(),  # fin
+    st.sampled_from([0, 0, 0, 1, 4]),  # RSV bits
+    st.sampled_from([True, True, True, False]),  # masked
+    st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([b'{"type":"select_chat","chat_id":"c1","id":1}', b'{"type":"select_chat","payload":{"chat_id":""}}', b"{}", b"[]", b"\xff\xfe"]),
+    ),
+)
+
+
+def encode_frame(opcode: int, fin: bool, rsv: int, mask: bool, payload: bytes) -> bytes:
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    m = 0x80 if mask else 0
+    header = bytes([b0, m | n]) if n < 126 else bytes([b0, m | 126]) + n.to_bytes(2, "big")
+    if not mask:
+        return header + payload
+    key = b"\x01\x02\x03\x04"
+    return header + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+@COMMON
+@given(frames=st.lists(FRAME, min_size=1, max_size=6))
+def test_any_frames_never_log_an_error_and_the_next_socket_is_served(
+    server: ServerProcess, frames: list[tuple[int, bool, int, bool, bytes]]
+) -> None:
+    before = len(server.stderr)
+    path = ws_path("frames", "a", server.keys.user_token("frames", "a", "u"), server.keys.api)
+    with RawWS(server.port, path) as ws:
+        assert ws.status == 101
+        try:
+            ws.sock.sendall(b"".join(encode_frame(*f) for f in frames))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on an earlier frame
+    with RawWS(server.port, path) as fresh:
+        assert fresh.status == 101
+        assert fresh.recv_json() == {"type": "ready"}
     assert len(server.stderr) == before, server.stderr[before:]
