@@ -87,16 +87,24 @@ def cpu_seconds_self() -> float:
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of `pid` from /proc/<pid>/stat (None if unreadable)."""
+def _proc_stat(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (the state) on: fields[0] is field 3 (None if unreadable)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             raw = fh.read()
     except OSError:
         return None
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    # fields[0] is the state (field 3); utime and stime are fields 14 and 15
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def _stat_cpu_seconds(fields: list[bytes]) -> float:
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime: fields 14 and 15
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of `pid` (None if unreadable)."""
+    fields = _proc_stat(pid)
+    return None if fields is None else _stat_cpu_seconds(fields)
 
 
 def proc_rss_bytes(pid: int) -> int | None:
@@ -149,17 +157,9 @@ def all_process_cpu() -> dict[int, float]:
     network work."""
     out: dict[int, float] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        if int(fields[6]) & _PF_KTHREAD:
-            continue
-        out[int(entry)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        fields = _proc_stat(entry) if entry.isdigit() else None
+        if fields is not None and not int(fields[6]) & _PF_KTHREAD:  # flags: field 9
+            out[int(entry)] = _stat_cpu_seconds(fields)
     return out
 
 
