@@ -344,19 +344,27 @@ def test_session_lock_acquire_redis(benchmark: Any, redis_env: Any, request: pyt
     assert redis_env.cmds.client.get(user_session_key(COMPANY, AGENT, "user-0")) == POD.encode()
 
 
+def one_lock_refresh(store: Any) -> Callable[[str], Coroutine[Any, Any, int]]:
+    """Compare-and-expire of one lock (TTL 30 s) as the renewal pass runs it: RENEW_SLICE."""
+
+    async def refresh(key: str) -> int:
+        (renewed,) = await store.renew_slice(keys=[key], args=[store.pod_bytes, 1, 0, 30])
+        return int(renewed)
+
+    return refresh
+
+
 @REDIS
 def test_session_lock_refresh_redis(benchmark: Any, redis_env: Any, request: pytest.FixtureRequest) -> None:
-    """One lock's renewal primitive: the compare-and-expire script (EVALSHA)."""
+    """One lock renewed alone: the renewal pass's script (EVALSHA) with a one-lock slice."""
     n, rounds = sizes(request)
     key = user_session_key(COMPANY, AGENT, "user-1")
     redis_env.cmds.client.set(key, POD, ex=30)
-    store = redis_env.store
-    cae = store.compare_and_expire
-    pod = store.pod_bytes
+    refresh_one = one_lock_refresh(redis_env.store)
     results: list[int] = []
 
     async def refresh(i: int) -> None:
-        results.append(await cae(keys=[key], args=[pod, 30]))
+        results.append(await refresh_one(key))
 
     loop = redis_env.loop
     loop.run_until_complete(refresh(0))  # loads the script (EVALSHA from then on)
@@ -393,8 +401,8 @@ def test_session_lifecycle_redis(benchmark: Any, redis_env: Any, request: pytest
     """The Go lifecycle against real Redis: acquire, chats + message route, refresh, unregister
     both, release: seven round trips."""
     n, rounds = sizes(request)
-    locks, routes, store = redis_env.locks, redis_env.routes, redis_env.store
-    cae, pod = store.compare_and_expire, store.pod_bytes
+    locks, routes = redis_env.locks, redis_env.routes
+    refresh_one = one_lock_refresh(redis_env.store)
 
     async def lifecycle(i: int) -> None:
         key = user_session_key(COMPANY, AGENT, f"user-{i}")
@@ -402,7 +410,7 @@ def test_session_lifecycle_redis(benchmark: Any, redis_env: Any, request: pytest
         await locks.acquire(key, "user", 5.0, False)
         await routes.register(ck)
         await routes.register(mk)
-        assert await cae(keys=[key], args=[pod, 30]) == 1
+        assert await refresh_one(key) == 1
         await routes.unregister(ck)
         await routes.unregister(mk)
         await locks.release(key)

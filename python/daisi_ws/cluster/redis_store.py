@@ -43,26 +43,12 @@ else
     return 0
 end
 """
-COMPARE_AND_EXPIRE = """
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("EXPIRE", KEYS[1], ARGV[2])
-else
-    return 0
-end
-"""
-MEMBER_AND_EXPIRE = """
-if redis.call("SISMEMBER", KEYS[1], ARGV[1]) == 1 then
-    return redis.call("EXPIRE", KEYS[1], ARGV[2])
-else
-    return 0
-end
-"""
-# The renewal pass applies the scripts above to a whole slice in one call: the same effect
-# per key (Go pods see identical keys, values and TTLs), without one client round trip of
-# Python work per key. KEYS = locks, then selected-chat keys, then route sets;
-# ARGV = pod_id, number of locks, number of selected-chat keys, then one TTL per key.
-# Returns the compare-and-expire results of the locks, then the member-and-expire results
-# of the routes.
+# The renewal pass (SPEC §5.6, §6.3) for a whole slice in one call. Per key it does what SPEC
+# §5.2's compare-and-expire (locks: EXPIRE only while GET = pod_id) and member-and-expire
+# (routes: EXPIRE only while SISMEMBER pod_id) do, so Go pods see identical keys, values and
+# TTLs, without a client round trip of Python work per key.
+# KEYS = locks, then selected-chat keys, then route sets; ARGV = pod_id, number of locks,
+# number of selected-chat keys, then one TTL per key. Returns 1/0 per lock, then per route.
 RENEW_SLICE = """
 local pod = ARGV[1]
 local nlocks = tonumber(ARGV[2])
@@ -183,8 +169,6 @@ class RedisStore:
         self.log = log
         self.client = make_client(settings)
         self.compare_and_delete = self.client.register_script(COMPARE_AND_DELETE)
-        self.compare_and_expire = self.client.register_script(COMPARE_AND_EXPIRE)
-        self.member_and_expire = self.client.register_script(MEMBER_AND_EXPIRE)
         self.renew_slice = self.client.register_script(RENEW_SLICE)
         m = metrics
         lock_types = ("initial_setnx", "retry_setnx", "force_set", "reassert")
@@ -305,12 +289,11 @@ class SessionLocks:
         register the chats route and read `:selected_chat` (returned)."""
         store = self.store
         pipe = store.pipeline()
-        pipe.set(key + ":last_active", now_text(time.time()), ex=store.settings.adaptive_ttl.session_lock.max_ttl_seconds)
+        _queue_touch(pipe, store, key)
         if chats_route is None:
             await pipe.execute()
             return None
-        pipe.sadd(chats_route, store.pod_bytes)
-        pipe.expire(chats_route, store.settings.app.route_ttl_seconds)
+        _queue_register(pipe, chats_route, store.pod_bytes, store.settings.app.route_ttl_seconds)
         pipe.get(key + ":selected_chat")
         results = await pipe.execute()
         return _text(results[-1])
@@ -320,8 +303,20 @@ class SessionLocks:
         store = self.store
         pipe = store.pipeline()
         pipe.set(key + ":selected_chat", chat, ex=store.settings.app.session_ttl_seconds)
-        pipe.set(key + ":last_active", now_text(time.time()), ex=store.settings.adaptive_ttl.session_lock.max_ttl_seconds)
+        _queue_touch(pipe, store, key)
         await pipe.execute()
+
+
+def _queue_touch(pipe: Pipeline, store: RedisStore, session_key: str) -> None:
+    """`<session key>:last_active` = now, for the session-lock activity rule (SPEC §5.6)."""
+    ttl = store.settings.adaptive_ttl.session_lock.max_ttl_seconds
+    pipe.set(session_key + ":last_active", now_text(time.time()), ex=ttl)
+
+
+def _queue_register(pipe: Pipeline, key: str, pod: bytes, ttl: int) -> None:
+    """Route registration (SPEC §6.1): SADD + EXPIRE, in the caller's pipeline."""
+    pipe.sadd(key, pod)
+    pipe.expire(key, ttl)
 
 
 def _text(raw: Any) -> str | None:
@@ -438,8 +433,7 @@ class RouteRegistry:
     async def register(self, key: str) -> None:
         store = self.store
         pipe = store.pipeline()
-        pipe.sadd(key, store.pod_bytes)
-        pipe.expire(key, store.settings.app.route_ttl_seconds)
+        _queue_register(pipe, key, store.pod_bytes, store.settings.app.route_ttl_seconds)
         await pipe.execute()
 
     async def unregister(self, key: str) -> None:
@@ -468,8 +462,7 @@ class RouteRegistry:
     async def add_pod(self) -> None:
         store = self.store
         pipe = store.pipeline()
-        pipe.sadd(PODS_KEY, store.pod_bytes)
-        pipe.expire(PODS_KEY, store.settings.app.route_ttl_seconds)
+        _queue_register(pipe, PODS_KEY, store.pod_bytes, store.settings.app.route_ttl_seconds)
         await pipe.execute()
 
     async def remove_pod(self) -> None:
@@ -660,8 +653,7 @@ class Renewal:
         for (key, _, _, owner), res in zip(routes, route_results, strict=True):
             if res == 0 and (owner in registry.users if len(owner) == 2 else owner in registry.chats):
                 lost_routes.append(key)
-                fixes.append(_sadd(key, pod))
-                fixes.append(_expire(key, route_ttl))
+                fixes.append(_register_op(key, pod, route_ttl))
         if not fixes:
             return
         try:
@@ -709,13 +701,9 @@ class Renewal:
 
 
 # Small closures so a tick can build its operation list once and chunk it freely.
-def _expire(key: str, ttl: int) -> Callable[[Pipeline], Any]:
-    return lambda p: p.expire(key, ttl)
-
-
-def _sadd(key: str, member: bytes) -> Callable[[Pipeline], Any]:
-    return lambda p: p.sadd(key, member)
-
-
 def _setnx(key: str, value: bytes, ttl: int) -> Callable[[Pipeline], Any]:
     return lambda p: p.set(key, value, nx=True, ex=ttl)
+
+
+def _register_op(key: str, pod: bytes, ttl: int) -> Callable[[Pipeline], Any]:
+    return lambda p: _queue_register(p, key, pod, ttl)
