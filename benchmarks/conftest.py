@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import TWINS, hotpath_twin, is_smoke, load_twin  # noqa: E402
 from daisi_ws import hotpath  # noqa: E402
+from daisi_ws.limits import raise_nofile_limit  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -119,9 +120,28 @@ def redis_server() -> Iterator[Any]:
 @pytest.fixture(scope="session", autouse=True)
 def _descriptors() -> None:
     """Thousands of client sockets live in this process."""
-    from benchmarks.servers import raise_nofile
+    raise_nofile_limit()
 
-    raise_nofile()
+
+# --- load runs through benchmarks/loadcompare.py (groups throughput and delivery) ---------------
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Any]:
+    """nats-server and redis-server pinned to the load generator's CPU (loadcompare.Stack)."""
+    from benchmarks.loadcompare import Stack
+
+    s = Stack()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def keys() -> Any:
+    """One set of API and AES keys for every server of a module (baseline and pods alike)."""
+    from tests.support import Keys
+
+    return Keys()
 
 
 @pytest.fixture

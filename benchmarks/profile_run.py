@@ -354,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.traced_serve:
         return traced_serve(args.traced_serve)
-    from benchmarks.servers import raise_nofile
+    from daisi_ws.limits import raise_nofile_limit
 
-    raise_nofile()
+    raise_nofile_limit()
     OUT.mkdir(exist_ok=True)
     shared = not args.embedded and have("nats-server") and have("redis-server")
     env = Env(shared)

@@ -40,7 +40,7 @@ import pytest
 from tests.support import Keys
 
 from benchmarks import loadcompare as lc
-from benchmarks.harness import AGENT, COMPANY
+from benchmarks.harness import AGENT, COMPANY, is_smoke
 from benchmarks.wsclient import WSClient, connect, user_path
 from daisi_ws.loadtest import fetch_metrics
 from daisi_ws.protocol import CLOSE_SESSION_CONFLICT
@@ -53,26 +53,6 @@ TAKEOVER_P50_TARGET_MS = 30.0
 STREAM = "wa_stream"
 CONSUMER = "ws_fanout"  # nats.consumer_name's default
 
-
-def is_smoke(config: Any) -> bool:
-    return bool(config.getoption("benchmark_disable"))
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[lc.Stack]:
-    try:
-        s = lc.Stack()
-    except (RuntimeError, FileNotFoundError) as exc:
-        pytest.skip(f"nats-server/redis-server unavailable: {exc}")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys()
 
 
 @contextmanager

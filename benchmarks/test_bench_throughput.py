@@ -29,33 +29,13 @@ import pytest
 from tests.support import Keys
 
 from benchmarks import loadcompare as lc
+from benchmarks.harness import is_smoke
 
 pytestmark = [pytest.mark.benchmark(group="throughput"), pytest.mark.real, pytest.mark.timeout(3600)]
-
-def is_smoke(config: Any) -> bool:
-    """`--benchmark-disable` (CI): every benchmark once, tiny sizes."""
-    return bool(config.getoption("benchmark_disable"))
 
 
 RESULTS: dict[str, dict[str, Any]] = {}  # baseline figures, for the daisi-ws ratios
 FIXED_RATE = {1000: 100, 5000: 20}
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[lc.Stack]:
-    try:
-        s = lc.Stack()
-    except (RuntimeError, FileNotFoundError) as exc:
-        pytest.skip(f"nats-server/redis-server unavailable: {exc}")
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return Keys()
 
 
 def _common(benchmark: Any) -> None:
