@@ -93,10 +93,7 @@ def twin(request: pytest.FixtureRequest, benchmark: Any) -> Iterator[SimpleNames
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.integration.servers import NatsServer
 
-    try:
-        server = NatsServer(tmp_path_factory.mktemp("nats")).start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"nats-server unavailable: {exc}")
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
     try:
         yield server
     finally:
@@ -107,10 +104,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def redis_server() -> Iterator[Any]:
     from tests.integration.servers import RedisServer
 
-    try:
-        server = RedisServer().start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"redis-server unavailable: {exc}")
+    server = RedisServer().start()
     try:
         yield server
     finally:
@@ -170,20 +164,10 @@ def embedded_server() -> Iterator[Any]:
         proc.kill()
 
 
-def shared_backend_available() -> bool:
-    try:
-        import daisi_ws.cluster.shared  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def shared_pods(nats_server: Any, redis_server: Any) -> Iterator[list[Any]]:
     """Two `daisi-ws serve` pods in shared mode (real NATS + Redis, interest delivery, same
     keys) per benchmark module; each answered /ready 200."""
-    if not shared_backend_available():
-        pytest.skip("shared (Redis + NATS) backend not in this tree yet")
     from tests.integration.servers import start_pods, stop_pods
 
     pods = start_pods(nats_server, redis_server, 2, prefix="bench")
