@@ -16,17 +16,7 @@ from daisi_ws.gateway.hub import SCOPE_ADMINS, SCOPE_USERS, Hub, parse_subject
 from daisi_ws.gateway.registry import Registry
 from daisi_ws.log import Logger
 from daisi_ws.metrics import metrics
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return False
+from tests.unit.fakes import RecordingTransport
 
 
 class FakeConn(hotpath.SendQueue):
@@ -35,7 +25,7 @@ class FakeConn(hotpath.SendQueue):
     def __init__(self, name: str, deflate_bits: int = 0) -> None:
         super().__init__(100, hotpath.POLICIES["drop_oldest"], hotpath.DropStats())
         self.name = name
-        self.transport = FakeTransport()
+        self.transport = RecordingTransport()
         self.deflate_bits = deflate_bits
 
     def frames(self) -> list[dict[str, Any]]:

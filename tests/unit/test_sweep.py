@@ -28,32 +28,15 @@ from daisi_ws.gateway.server import SWEEP_INTERVAL, SWEEP_PASSES, Gateway
 from daisi_ws.log import Logger
 from daisi_ws.metrics import metrics
 from daisi_ws.protocol import user_session_key
+from tests.unit.fakes import RecordingTransport
 
 PING_FRAME = b"\x89\x00"
 PING = 20
 PONG_WAIT = 60
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.closing = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.data.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def pings(self) -> int:
-        return sum(1 for d in self.data if d == PING_FRAME)
+def pings_sent(transport: RecordingTransport) -> int:
+    return sum(1 for d in transport.writes if d == PING_FRAME)
 
 
 class NoLoop:
@@ -80,7 +63,7 @@ class Rig:
         claims = UserClaims("c", "a", f"u{self.n}", datetime.now(timezone.utc) + timedelta(hours=1))
         proto = FrameProtocol(state=State.OPEN, max_size=gw.settings.app.max_message_bytes, logger=WS_LOGGER)
         conn = Connection(gw, proto, USER, user_session_key("c", "a", f"u{self.n}"), claims, "req", 0)
-        conn.connection_made(Transport())
+        conn.connection_made(RecordingTransport())
         gw.register(conn)
         gw.hub.flush()
         return conn
@@ -92,7 +75,7 @@ def rig() -> Iterator[Rig]:
 
 
 def pings(conns: list[Connection]) -> int:
-    return sum(c.transport.pings() for c in conns)
+    return sum(pings_sent(c.transport) for c in conns)
 
 
 def test_a_pass_touches_a_slice_of_the_sockets(rig: Rig) -> None:
@@ -108,7 +91,7 @@ def test_a_pass_touches_a_slice_of_the_sockets(rig: Rig) -> None:
         rig.gw.sweep(now + k * SWEEP_INTERVAL / SWEEP_PASSES)
         per_pass.append(pings(conns) - before)
     assert max(per_pass) <= math.ceil(1000 / SWEEP_PASSES), per_pass
-    assert all(c.transport.pings() == 1 for c in conns)
+    assert all(pings_sent(c.transport) == 1 for c in conns)
 
 
 def test_sockets_connecting_together_get_their_first_pings_spread(rig: Rig) -> None:
@@ -137,12 +120,12 @@ def test_every_socket_is_pinged_every_interval(rig: Rig) -> None:
     t = t0
     while t < t0 + 70:
         t += step
-        counts = {id(c): c.transport.pings() for c in conns}
+        counts = {id(c): pings_sent(c.transport) for c in conns}
         for c in conns:
             c.last_pong = t  # a polite client answers at once
         rig.gw.sweep(t)
         for c in conns:
-            if c.transport.pings() > counts[id(c)]:
+            if pings_sent(c.transport) > counts[id(c)]:
                 ping_times[id(c)].append(t)
     for c in conns:
         times = ping_times[id(c)]
@@ -174,7 +157,7 @@ def test_pong_timeout_closes_within_two_seconds(rig: Rig) -> None:
     for c in silent:
         late = closed_at[id(c)] - (c.last_pong + PONG_WAIT)
         assert 0 < late <= 2.0, late
-        sent = b"".join(c.transport.data)
+        sent = b"".join(c.transport.writes)
         assert b"Pong timeout" in sent and b"No pong responses received" in sent
         assert c.proto.close_sent is not None and c.proto.close_sent.code == 1011
     assert not any(c.ended for c in conns if c not in silent)

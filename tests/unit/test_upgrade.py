@@ -6,7 +6,6 @@ import asyncio
 import base64
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Any
 from urllib.parse import quote
 
 from daisi_ws import hotpath
@@ -18,40 +17,10 @@ from daisi_ws.gateway.http import HttpProtocol
 from daisi_ws.gateway.server import Gateway
 from daisi_ws.log import Logger
 from daisi_ws.metrics import metrics
+from tests.unit.fakes import RecordingTransport
 
 API_KEY = "k" * 32
 AES = os.urandom(32).hex()
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.protocol: Any = None
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 def gateway() -> Gateway:
@@ -66,6 +35,20 @@ def gateway() -> Gateway:
     return gw
 
 
+def user_token(user: str) -> str:
+    expires = datetime.now(timezone.utc) + timedelta(hours=1)
+    return mint_user_token(TokenCipher(parse_aes_key(AES)), "c1", "a1", user, expires)
+
+
+def open_http() -> tuple[Gateway, HttpProtocol, RecordingTransport]:
+    """A gateway and one accepted TCP connection to it, before any byte arrived."""
+    gw = gateway()
+    http = HttpProtocol(gw)
+    transport = RecordingTransport()
+    http.connection_made(transport)
+    return gw, http, transport
+
+
 def handshake(token: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
@@ -76,12 +59,8 @@ def handshake(token: str) -> bytes:
 
 
 async def test_101_and_ready_leave_in_one_write() -> None:
-    gw = gateway()
-    token = mint_user_token(TokenCipher(parse_aes_key(AES)), "c1", "a1", "u1", datetime.now(timezone.utc) + timedelta(hours=1))
-    http = HttpProtocol(gw)
-    transport = RecordingTransport()
-    http.connection_made(transport)
-    http.data_received(handshake(token))
+    gw, http, transport = open_http()
+    http.data_received(handshake(user_token("u1")))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert len(transport.writes) == 1, transport.writes
@@ -94,13 +73,9 @@ async def test_101_and_ready_leave_in_one_write() -> None:
 
 async def test_early_client_frames_are_answered_after_101_and_ready() -> None:
     """A client frame that arrives with the handshake is handled only after 101 + ready."""
-    gw = gateway()
-    token = mint_user_token(TokenCipher(parse_aes_key(AES)), "c1", "a1", "u2", datetime.now(timezone.utc) + timedelta(hours=1))
-    http = HttpProtocol(gw)
-    transport = RecordingTransport()
-    http.connection_made(transport)
+    _, http, transport = open_http()
     ping = bytes([0x89, 0x80]) + os.urandom(4)  # masked, empty ping
-    http.data_received(handshake(token) + ping)
+    http.data_received(handshake(user_token("u2")) + ping)
     await asyncio.sleep(0)
     stream = b"".join(transport.writes)
     head, _, rest = stream.partition(b"\r\n\r\n")
