@@ -16,9 +16,11 @@ def raise_nofile_limit() -> int:
     runtime raises it the same way). A limit that cannot be raised is left as it is.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return UNLIMITED_NOFILE
     target = UNLIMITED_NOFILE if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return UNLIMITED_NOFILE if soft == resource.RLIM_INFINITY else int(soft)
+    if soft >= target:
+        return int(soft)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):

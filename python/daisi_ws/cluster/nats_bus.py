@@ -497,7 +497,6 @@ class NatsBus:
             headers = msg.headers
             rid = headers.get(REQUEST_ID) if headers else None
             hub.dispatch_built(built)
-            subject = msg.subject
             targets = members[keys[rkey]]
             if agents:
                 targets = targets | pods
@@ -507,7 +506,7 @@ class NatsBus:
                     continue
                 if not rid:
                     rid = uuid.uuid4().hex
-                futures.append((target, await self._forward(target, subject, msg.data, rid)))
+                futures.append((target, await self._forward(target, msg.subject, msg.data, rid)))
                 self._fwd_sent[label].inc()
             forwarding = forwarding or bool(futures)
             pending.append((msg, rkey, agents, futures))
