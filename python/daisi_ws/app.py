@@ -60,16 +60,11 @@ def build_backend(settings: Settings, m: Metrics, log: Logger) -> Backend:
     return SharedBackend(settings, m, log)
 
 
-# Garbage collection (measurements: benchmarks/LOADTEST.md, "Latency stalls"). CPython's
-# full collections walk every tracked object (~24 per socket, ~56,000 from start-up); with
-# 5,000 sockets one took 70-150 ms of the event loop. Two settings keep them out of the
-# steady state:
-# - the start-up objects are frozen (they live forever; freezing takes them out of every scan);
-# - the young generation holds 10,000 objects instead of 700, so short-lived work (a renewal
-#   pass, a burst of events) is freed by reference counting before a collection promotes it.
-#   Full collections need 10 collections of the middle generation, i.e. ~1,000,000 net
-#   allocations instead of ~70,000: rare in steady state, still regular while sockets churn
-#   (closed sockets leave reference cycles, so the collector stays on).
+# Garbage collection: a full collection walks every tracked object, and with 5,000 sockets
+# one held the event loop for 70-150 ms (benchmarks/LOADTEST.md, "Latency stalls"). Frozen
+# start-up objects leave every scan; a young generation of 10,000 objects instead of 700 lets
+# short-lived work (a renewal pass, a burst of events) die by reference counting before a
+# collection promotes it. The collector stays on: closed sockets leave reference cycles.
 GC_YOUNG_THRESHOLD = 10_000
 
 
