@@ -180,6 +180,24 @@ async def publish_pipelined(server: ServerProcess, items: Iterable[tuple[str, by
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
+def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
+    """One frame as a client sends it (masked unless told otherwise); any opcode and RSV bits,
+    so tests can also build what a well-behaved client never would."""
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        header = struct.pack("!BB", b0, m | n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", b0, m | 126, n)
+    else:
+        header = struct.pack("!BBQ", b0, m | 127, n)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
 class RawWS:
     """Blocking socket client; never answers pings by itself and reads only when asked."""
 
@@ -263,21 +281,7 @@ class RawWS:
         return json.loads(data)
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> None:
-        b0 = (0x80 if fin else 0) | opcode
-        n = len(payload)
-        m = 0x80 if mask else 0
-        if n < 126:
-            header = struct.pack("!BB", b0, m | n)
-        elif n < 1 << 16:
-            header = struct.pack("!BBH", b0, m | 126, n)
-        else:
-            header = struct.pack("!BBQ", b0, m | 127, n)
-        if mask:
-            key = os.urandom(4)
-            masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-            self.sock.sendall(header + key + masked)
-        else:
-            self.sock.sendall(header + payload)
+        self.sock.sendall(client_frame(opcode, payload, fin=fin, mask=mask))
 
     def send_text(self, text: str) -> None:
         self.send_frame(OP_TEXT, text.encode())

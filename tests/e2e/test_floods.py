@@ -3,10 +3,7 @@ server's memory: while the server cannot write to it, the server stops reading f
 
 from __future__ import annotations
 
-import os
-import struct
-
-from tests.e2e.helpers import OP_PING, RawWS, push_until_blocked, ws_path
+from tests.e2e.helpers import OP_PING, RawWS, client_frame, push_until_blocked, ws_path
 from tests.support import ServerProcess, http_request, rss_kib
 
 FLOOD_BYTES = 96 << 20  # what the client tries to push: 96 MiB of pings
@@ -14,18 +11,12 @@ MAX_ACCEPTED = 32 << 20  # loopback socket buffers on both sides hold far less t
 RSS_BOUND_KIB = 24 * 1024
 
 
-def masked_ping(payload: bytes) -> bytes:
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x80 | OP_PING, 0x80 | len(payload)) + key + masked
-
-
 def test_ping_flood_from_a_client_that_never_reads(server: ServerProcess) -> None:
     path = ws_path("flood", "a", server.keys.user_token("flood", "a", "u"), server.keys.api)
     with RawWS(server.port, path, rcvbuf=4096) as ws:
         assert ws.status == 101
         before = rss_kib(server.pid)
-        sent = push_until_blocked(ws.sock, masked_ping(b"p" * 125) * 512, FLOOD_BYTES)
+        sent = push_until_blocked(ws.sock, client_frame(OP_PING, b"p" * 125) * 512, FLOOD_BYTES)
         # every ping would have queued a pong of the same size: the server stopped reading instead
         assert sent < MAX_ACCEPTED, f"the server kept reading: {sent >> 20} MiB accepted"
         assert rss_kib(server.pid) - before < RSS_BOUND_KIB

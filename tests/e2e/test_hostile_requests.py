@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.helpers import RawWS, raw_request, ws_path
+from tests.e2e.helpers import RawWS, client_frame, raw_request, ws_path
 from tests.support import ServerProcess
 
 # Header value bytes as a client could send them: anything but CR, LF (which end the line).
@@ -84,17 +84,6 @@ FRAME = st.tuples(
 )
 
 
-def encode_frame(opcode: int, fin: bool, rsv: int, mask: bool, payload: bytes) -> bytes:
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
-    m = 0x80 if mask else 0
-    header = bytes([b0, m | n]) if n < 126 else bytes([b0, m | 126]) + n.to_bytes(2, "big")
-    if not mask:
-        return header + payload
-    key = b"\x01\x02\x03\x04"
-    return header + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-
-
 @COMMON
 @given(frames=st.lists(FRAME, min_size=1, max_size=6))
 def test_any_frames_never_log_an_error_and_the_next_socket_is_served(
@@ -105,7 +94,7 @@ def test_any_frames_never_log_an_error_and_the_next_socket_is_served(
     with RawWS(server.port, path) as ws:
         assert ws.status == 101
         try:
-            ws.sock.sendall(b"".join(encode_frame(*f) for f in frames))
+            ws.sock.sendall(b"".join(client_frame(op, payload, fin=fin, mask=mask, rsv=rsv) for op, fin, rsv, mask, payload in frames))
         except (BrokenPipeError, ConnectionResetError):
             pass  # closed on an earlier frame
     with RawWS(server.port, path) as fresh:

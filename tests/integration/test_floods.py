@@ -3,23 +3,15 @@ behind the one in flight are bounded (the server stops reading), so memory stays
 
 from __future__ import annotations
 
-import os
-import struct
 import threading
 import time
 
-from tests.e2e.helpers import OP_TEXT, RawWS, push_until_blocked, ws_path
+from tests.e2e.helpers import OP_TEXT, RawWS, client_frame, push_until_blocked, ws_path
 from tests.integration.servers import NatsServer, RedisServer, start_pods, stop_pods
 from tests.support import http_request, rss_kib
 
 FLOOD_SECONDS = 4.0
 RSS_BOUND_KIB = 24 * 1024
-
-
-def masked_text(payload: bytes) -> bytes:
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x80 | OP_TEXT, 0x80 | len(payload)) + key + masked
 
 
 def drain_forever(ws: RawWS, stop: threading.Event) -> None:
@@ -45,7 +37,7 @@ def test_select_chat_flood_is_bounded(nats_server: NatsServer, redis_server: Red
             reader = threading.Thread(target=drain_forever, args=(ws, stop), daemon=True)
             reader.start()
             # alternating chats: every message is a real change, i.e. a Redis write
-            blob = b"".join(masked_text(b'{"type":"select_chat","chat_id":"c%d"}' % (i % 2)) for i in range(2048))
+            blob = b"".join(client_frame(OP_TEXT, b'{"type":"select_chat","chat_id":"c%d"}' % (i % 2)) for i in range(2048))
             before = rss_kib(pod.pid)
             deadline = time.monotonic() + FLOOD_SECONDS
             sent = 0
