@@ -398,7 +398,8 @@ class Gateway:
 
     # --- events -----------------------------------------------------------------------------
     def deliver(self, subject: str, payload: bytes, request_id: str | None = None) -> int:
-        """Embedded bus, queue consumer and forwards: every matching local socket."""
+        """Embedded bus and forwarded events: every matching local socket (the queue consumer
+        validates first, for the route, and calls hub.dispatch_built)."""
         return self.hub.dispatch(subject, payload, SCOPE_ALL, None)
 
     async def publish(self, subject: str, payload: bytes, request_id: str) -> int:
