@@ -1,0 +1,102 @@
+"""Issue 5's load generator, `daisi-ws loadtest`, against a real embedded-mode server.
+
+It runs as the user runs it: a subprocess with worker processes of its own, real sockets over
+loopback, events through the server's `/api/publish`. Every event must come back as a frame
+on each socket of its (company, agent) pair, on either client event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from daisi_ws import loadtest
+from tests.support import Keys, ServerProcess, clean_env, executable
+
+
+@pytest.fixture(scope="module")
+def keys_and_server() -> Iterator[tuple[Keys, ServerProcess]]:
+    keys = Keys()
+    proc = ServerProcess(keys=keys).start()
+    try:
+        yield keys, proc
+    finally:
+        proc.stop(10)
+        proc.kill()
+
+
+def run_loadtest(keys: Keys, server: ServerProcess, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        executable("daisi-ws"),
+        "loadtest",
+        "--url", server.ws,
+        "--api-key", keys.api,
+        "--admin-api-key", keys.admin_api,
+        "--aes-key", keys.aes,
+        "--server-pid", str(server.pid),
+        "--via", "http",
+        *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_event_reaches_every_socket_of_its_pair(keys_and_server: tuple[Keys, ServerProcess], loop: str) -> None:
+    keys, server = keys_and_server
+    # 40 sockets over 4 (company, agent) pairs: each event fans out to 10 sockets
+    result = run_loadtest(
+        keys, server,
+        "--json", "--loop", loop, "--procs", "2",
+        "--connections", "40", "--companies", "2", "--agents", "2",
+        "--per-socket-rate", "20", "--duration", "1", "--warmup", "0.3", "--drain", "3", "--settle", "0.2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    res = json.loads(result.stdout)
+    assert res["loadgen"]["loop"] == loop
+    assert res["loadgen"]["procs"] == 2
+    h, d = res["handshake"], res["delivery"]
+    assert (h["connected"], h["failed"]) == (40, 0)
+    assert d["expected"] > 0
+    assert d["received"] == d["expected"] and d["drop_ratio"] == 0
+    assert 0 <= d["latency_ms"]["p50"] <= d["latency_ms"]["p99"]
+
+
+def test_human_summary_names_the_loop(keys_and_server: tuple[Keys, ServerProcess]) -> None:
+    keys, server = keys_and_server
+    result = run_loadtest(keys, server, "--loop", "asyncio", "--connections", "5", "--rate", "0", "--duration", "0.2", "--settle", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "asyncio loop" in result.stdout
+    assert "5/5 connected" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--url", "ws://10.1.2.3:8080"], "refusing non-loopback target"),
+        (["--connections", "100001"], "exceeds the cap"),
+        (["--loop", "trio"], "invalid choice"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_error(keys_and_server: tuple[Keys, ServerProcess], args: list[str], message: str) -> None:
+    keys, server = keys_and_server
+    result = run_loadtest(keys, server, *args, timeout=20)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_uvloop_asked_for_but_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadtest, "uvloop_available", lambda: False)
+    opts = loadtest.LoadOptions(api_key="k", aes_key="ab" * 32, via="http", loop="uvloop")
+    with pytest.raises(ValueError, match=r"pip install 'daisi-ws\[loadtest\]'"):
+        opts.validate()
+    assert loadtest.LoadOptions(loop="auto").event_loop() == "asyncio"  # auto falls back
+
+
+def test_auto_takes_uvloop_when_installed() -> None:
+    assert loadtest.uvloop_available()  # `make install` brings it with the bench extra
+    assert loadtest.LoadOptions(loop="auto").event_loop() == "uvloop"
+    assert loadtest.LoadOptions(loop="asyncio").event_loop() == "asyncio"
