@@ -60,7 +60,7 @@ TASKSET = shutil.which("taskset")
 # events/s per socket, fan-out 100: frames/s = rate x sockets; a sweep stops after two failures
 SWEEP_RATES = {
     1000: [50, 75, 100, 125, 150, 200, 250, 300, 350, 400, 450, 500],
-    5000: [5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100],
+    5000: [5, 7.5, 10, 12.5, 15, 17.5, 20, 22.5, 25, 27.5, 30, 35, 40, 50, 60, 70, 80, 90, 100],
 }
 
 
@@ -316,7 +316,7 @@ def loadtest(
     env = clean_env()
     proc = subprocess.run(pinned(cmd, cpus), env=env, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"loadtest failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(f"loadtest failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-8000:]}")
     result: dict[str, Any] = json.loads(proc.stdout)
     result["server_kind"] = t.kind
     result["server"]["native_logged"] = t.native
@@ -817,8 +817,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log(f"pinning: {'taskset -c ' + SERVER_CPUS + ' (server) / -c ' + LOADGEN_CPUS + ' (load generator, NATS, Redis)' if can_pin() else 'UNAVAILABLE (taskset missing or CPUs not ours): runs are unpinned'}")
     log(f"compiled twins in this environment: {native_flag()}")
+    from daisi_ws.loadtest import LoadOptions
+
+    loadgen_loop = LoadOptions().event_loop()
+    log(f"load generator event loop: {loadgen_loop}")
     keys = Keys()
-    out: dict[str, Any] = {"pinned": can_pin(), "native": native_flag()}
+    out: dict[str, Any] = {"pinned": can_pin(), "native": native_flag(), "loadgen_loop": loadgen_loop}
     stack = Stack()
     quiet = not args.no_quiet
     try:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import faulthandler
 import importlib.util
 import ipaddress
 import json
@@ -33,6 +34,7 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -588,7 +590,7 @@ class _Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        watch_pipe(self.pipe, self._on_pipe)
         self.send("hello", os.getpid())
         self._progress()
         while True:
@@ -710,6 +712,18 @@ class _Worker:
         }
 
 
+def watch_pipe(conn: Any, callback: Callable[..., None], *args: Any) -> None:
+    """Call `callback(*args)` whenever the multiprocessing connection `conn` is readable.
+
+    uvloop's add_reader() makes the descriptor non-blocking, and a Connection's recv() or
+    send() then stops halfway through a message with BlockingIOError (a 40 KB result or
+    handshake report did, now and then). The descriptor is set back to blocking: the callback
+    runs only once data has arrived, and the rest of a message follows at once."""
+    loop = asyncio.get_running_loop()
+    loop.add_reader(conn.fileno(), callback, *args)
+    os.set_blocking(conn.fileno(), True)
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -730,6 +744,7 @@ def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
 
 
 def _worker_main(pipe: Any, spec: dict[str, Any]) -> None:
+    faulthandler.enable()  # a worker that crashes in C says where on stderr
     raise_nofile_limit()
     try:
         run_on(spec["loop"], _Worker(pipe, spec).run())
@@ -1084,7 +1099,6 @@ class Coordinator:
         ctx = multiprocessing.get_context("spawn")
         n = self.n_procs()
         per_conc = max(1, self.o.connect_concurrency // n)
-        loop = asyncio.get_running_loop()
         for k in range(n):
             parent, child = ctx.Pipe()
             spec = {
@@ -1100,7 +1114,21 @@ class Coordinator:
             child.close()
             self.pipes.append(parent)
             self.procs.append(proc)
-            loop.add_reader(parent.fileno(), self._on_pipe, k)
+            watch_pipe(parent, self._on_pipe, k)
+
+    def _exit_statuses(self) -> str:
+        """How each worker ended; a closed pipe arrives before the exit can be reaped."""
+        statuses = []
+        for k, proc in enumerate(self.procs):
+            proc.join(2.0)
+            code = proc.exitcode
+            if code is None:
+                statuses.append(f"worker {k}: still running")
+            elif code < 0:
+                statuses.append(f"worker {k}: killed by {signal.Signals(-code).name}")
+            else:
+                statuses.append(f"worker {k}: exit code {code}")
+        return ", ".join(statuses)
 
     def _on_pipe(self, k: int) -> None:
         pipe = self.pipes[k]
@@ -1134,7 +1162,7 @@ class Coordinator:
                 raise TimeoutError(f"workers did not report {kind!r} within {timeout:.0f} s")
             await asyncio.wait([fut], timeout=0.2)
         if self.inbox.get("died"):
-            raise RuntimeError(f"a load generator worker died (exit codes {[p.exitcode for p in self.procs]})")
+            raise RuntimeError(f"a load generator worker died ({self._exit_statuses()})")
         got = self.inbox.pop(kind)
         return got
 
