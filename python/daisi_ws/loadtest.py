@@ -14,7 +14,7 @@ sans-I/O `ClientProtocol` does the opening handshake and every control frame (pi
 while unmasked server text frames are split by a few byte comparisons and the timestamp is
 found with `bytes.find` (no JSON parse). `--parser websockets` sends every byte through
 `ClientProtocol` instead, for cross-checking. The clients run on uvloop when it is installed
-(`--loop`): its C read path halves their cost per received frame.
+(`--loop`): its C read path cuts their cost per received frame by a third to a half.
 
 Loopback only: the target and NATS must resolve to loopback addresses. Counts, rates and
 durations are capped (see `CAPS`).
@@ -734,8 +734,8 @@ def uvloop_available() -> bool:
 
 
 def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` on the named event loop. uvloop's C read path costs the clients about half
-    of what the selector loop does per received frame (LOADTEST.md, "The load generator's loop")."""
+    """Run `main` on the named event loop (measurements: LOADTEST.md, "Evening re-run: the load
+    generator on uvloop")."""
     if loop == "uvloop":
         import uvloop
 
