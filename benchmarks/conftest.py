@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
 from benchmarks.harness import TWINS, hotpath_twin, is_smoke, load_twin  # noqa: E402
 from daisi_ws import hotpath  # noqa: E402
 from daisi_ws.limits import raise_nofile_limit  # noqa: E402
+from daisi_ws.loadtest import LoadOptions  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +49,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["cpu_model"] = cpu_model()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["daisi_ws_native"] = bool(hotpath.NATIVE)
+    machine_info["loadgen_loop"] = LoadOptions().event_loop()  # the clients of the load benchmarks
     machine_info["os"] = f"{platform.system()} {platform.release()}"
     try:
         with open("/etc/os-release") as fh:

@@ -472,6 +472,7 @@ def machine_section(runs: list[Run], used: list[Run]) -> list[str]:
         f"- CPU: {cpu}, {cores} cores (the load generator, the servers and NATS/Redis all share them)",
         f"- Python: {py}; OS: {os_name}",
         f"- Compiled twins loaded in the main run: {'yes' if m.get('daisi_ws_native') else 'no'}",
+        f"- Load generator's event loop (throughput and delivery groups): {m.get('loadgen_loop') or 'not recorded by that run'}",
         "- Runs used (newest run holding each benchmark wins):",
     ]
     for r in sorted(used, key=lambda r: r.when):
