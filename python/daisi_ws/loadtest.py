@@ -1116,10 +1116,16 @@ class Coordinator:
             self.procs.append(proc)
             watch_pipe(parent, self._on_pipe, k)
 
+    def _raise_if_a_worker_died(self) -> None:
+        """Its sockets and counts are gone: no phase may go on as if they were measured."""
+        if self.inbox.get("died"):
+            raise RuntimeError(f"a load generator worker died ({self._exit_statuses()})")
+
     def _exit_statuses(self) -> str:
-        """How each worker ended; a closed pipe arrives before the exit can be reaped."""
+        """How each worker whose pipe closed ended (its exit is reaped a moment after)."""
         statuses = []
-        for k, proc in enumerate(self.procs):
+        for k in self.inbox.get("died", []):
+            proc = self.procs[k]
             proc.join(2.0)
             code = proc.exitcode
             if code is None:
@@ -1161,8 +1167,7 @@ class Coordinator:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers did not report {kind!r} within {timeout:.0f} s")
             await asyncio.wait([fut], timeout=0.2)
-        if self.inbox.get("died"):
-            raise RuntimeError(f"a load generator worker died ({self._exit_statuses()})")
+        self._raise_if_a_worker_died()
         got = self.inbox.pop(kind)
         return got
 
@@ -1336,6 +1341,7 @@ class Coordinator:
         if rate <= 0:  # idle: hold the sockets
             t_end = time.monotonic() + o.duration
             while time.monotonic() < t_end:
+                self._raise_if_a_worker_died()
                 self.bar.show(f"idle {connected} sockets {self.bar.bar(o.duration - (t_end - time.monotonic()), o.duration)}")
                 await asyncio.sleep(0.2)
             rss2 = self.server_rss(pid)
@@ -1386,6 +1392,7 @@ class Coordinator:
                 now = time.monotonic()
                 if now >= t_end:
                     break
+                self._raise_if_a_worker_died()
                 if not marked and now >= measure_from:
                     marked = True
                     cpu_server0 = self.server_cpu(pid)

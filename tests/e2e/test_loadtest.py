@@ -133,3 +133,46 @@ def test_a_large_pipe_message_arrives_whole_on_either_loop(loop: str) -> None:
             child.close()
 
     assert loadtest.run_on(loop, receive()) == message
+
+
+@pytest.mark.parametrize(
+    "phase",
+    [
+        ["--rate", "0"],  # holding idle sockets
+        ["--via", "http", "--per-socket-rate", "5", "--warmup", "0"],  # publishing
+    ],
+    ids=["idle", "publishing"],
+)
+def test_a_killed_worker_ends_the_run_at_once_with_its_signal(keys_and_server: tuple[Keys, ServerProcess], phase: list[str]) -> None:
+    """Its sockets are gone: the run must not go on, or end, as if they had been measured."""
+    import signal
+    import time
+
+    import psutil
+
+    keys, server = keys_and_server
+    cmd = [
+        executable("daisi-ws"), "loadtest",
+        "--url", server.ws, "--api-key", keys.api, "--admin-api-key", keys.admin_api, "--aes-key", keys.aes,
+        "--server-pid", str(server.pid), "--connections", "5", "--duration", "60", "--settle", "0.1", *phase,
+    ]  # fmt: skip
+    run = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        workers: list[psutil.Process] = []
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            # the spawned worker, not multiprocessing's resource tracker
+            workers = [p for p in psutil.Process(run.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        assert workers, "no worker process appeared"
+        time.sleep(1.5)  # connected, and holding or receiving
+        for w in workers:
+            w.send_signal(signal.SIGKILL)
+        _, err = run.communicate(timeout=20)  # far less than --duration
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 2
+    assert "a load generator worker died (worker 0: killed by SIGKILL)" in err
+    assert "Traceback" not in err
