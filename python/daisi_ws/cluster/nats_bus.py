@@ -453,8 +453,7 @@ class NatsBus:
 
     async def _process(self, batch: list[Msg]) -> Pending | None:
         """Validate, look up routes (one round trip), deliver locally, send the forwards."""
-        gw = self.gateway
-        hub = gw.hub
+        hub = self.gateway.hub
         received = self._received
         items: list[tuple[Msg, BuiltEvent, str, bool, str]] = []
         keys: dict[str, int] = {}
