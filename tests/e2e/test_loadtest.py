@@ -98,7 +98,7 @@ def test_uvloop_asked_for_but_missing_is_a_clear_error(monkeypatch: pytest.Monke
 
 
 def test_auto_takes_uvloop_when_installed() -> None:
-    assert loadtest.uvloop_available()  # `make install` brings it with the bench extra
+    assert loadtest.uvloop_available()  # the test extra brings it
     assert loadtest.LoadOptions(loop="auto").event_loop() == "uvloop"
     assert loadtest.LoadOptions(loop="asyncio").event_loop() == "asyncio"
 
