@@ -28,6 +28,7 @@ from daisi_ws.config import (
     get_value,
     keep_restart_keys,
     load_settings,
+    validate,
     with_ephemeral_keys,
 )
 from daisi_ws.gateway.server import Gateway
@@ -178,8 +179,18 @@ class App:
         except ConfigError as exc:
             self.log.error("config reload rejected; keeping the running config", error=str(exc))
             return
-        fresh, _ = with_ephemeral_keys(fresh, reuse=self.generated)  # ephemeral keys survive
+        # Restart-only keys first: they decide the mode (so whether keys may be generated),
+        # and the rules across keys must hold for what will run, not only for the file.
         fresh, restart = keep_restart_keys(self.settings, fresh)
+        try:
+            validate(fresh)
+        except ConfigError as exc:
+            self.log.error(
+                "config reload rejected; keeping the running config",
+                error=f"{exc} (with the running values of the restart-only keys)",
+            )
+            return
+        fresh, _ = with_ephemeral_keys(fresh, reuse=self.generated)  # ephemeral keys survive
         if restart:
             self.log.warn("config change needs restart; running values kept", keys=restart)
         self.settings = fresh

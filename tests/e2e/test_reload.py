@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.helpers import recv_text
-from tests.support import ServerProcess, http_request, wait_for
+from tests.support import ServerProcess, free_port, http_request, wait_for
 
 
 def stderr_records(proc: ServerProcess, message: str) -> list[dict[str, object]]:
@@ -85,3 +85,65 @@ async def test_reload_keeps_ephemeral_keys(tmp_path: Path, sig: int) -> None:
         assert wait_for(lambda: len(proc.logged("config reloaded")) >= 1, timeout=5)
         async with connect(url) as ws:
             assert await recv_text(ws) == '{"type":"ready"}'
+
+
+def mint_status(proc: ServerProcess, api_key: str) -> tuple[int, bytes]:
+    body = json.dumps({"company_id": "c", "agent_id": "a", "user_id": "u", "expires_in_seconds": 60}).encode()
+    headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
+    status, _, reply = http_request(proc.http + "/generate-token", "POST", body, headers)
+    return status, reply
+
+
+def unreachable_backends() -> str:
+    return f"nats:\n  url: nats://127.0.0.1:{free_port()}\nredis:\n  address: 127.0.0.1:{free_port()}\n"
+
+
+async def test_reload_into_shared_mode_keeps_the_ephemeral_keys(tmp_path: Path) -> None:
+    """The backends only change on restart, so the running embedded pod keeps its keys."""
+    config = tmp_path / "config.yaml"
+    config.write_text("log:\n  level: info\n")
+    proc = ServerProcess(env={"DAISI_WS_CONFIG": str(config)})
+    for name in proc.keys.env():
+        proc.env.pop(name)
+    with proc:
+        assert wait_for(lambda: "auth.secret_token = " in "".join(proc.stderr), timeout=5)
+        key = "".join(proc.stderr).split("auth.secret_token = ", 1)[1].split()[0]
+        assert mint_status(proc, key)[0] == 200
+        config.write_text("log:\n  level: info\n" + unreachable_backends())
+        reload(proc, "config reloaded", 1)
+        assert proc.logged("config change needs restart; running values kept")[-1]["keys"] == ["nats.url", "redis.address"]
+        assert mint_status(proc, key)[0] == 200
+
+
+async def test_reload_into_embedded_mode_generates_no_keys(tmp_path: Path) -> None:
+    """A shared-mode pod never generates keys (SPEC §8.4), reload or not."""
+    config = tmp_path / "config.yaml"
+    config.write_text(unreachable_backends())
+    proc = ServerProcess(env={"DAISI_WS_CONFIG": str(config)})
+    for name in proc.keys.env():
+        proc.env.pop(name)
+    with proc:
+        not_configured = (500, b'{"code":"InternalServerError","message":"Server configuration error",'
+                          b'"details":"API authentication cannot be performed."}\n')
+        assert mint_status(proc, "anything") == not_configured
+        config.write_text("log:\n  level: info\n")
+        reload(proc, "config reloaded", 1)
+        assert mint_status(proc, "anything") == not_configured
+        assert "EPHEMERAL" not in "".join(proc.stderr)
+
+
+async def test_reload_checks_cross_key_rules_against_the_running_restart_keys(tmp_path: Path) -> None:
+    """The file alone is valid, but its refresh interval only applies after a restart: with
+    the running one (10 s) a 4 s session TTL would let locks expire between renewals."""
+    config = tmp_path / "config.yaml"
+    config.write_text("app:\n  session_ttl_seconds: 30\n")
+    with ServerProcess(env={"DAISI_WS_CONFIG": str(config)}) as proc:
+        config.write_text("app:\n  ttl_refresh_interval_seconds: 2\n  session_ttl_seconds: 4\n")
+        reload(proc, "config reload rejected; keeping the running config", 1, stderr=True)
+        error = str(stderr_records(proc, "config reload rejected; keeping the running config")[-1]["error"])
+        assert error.startswith("app.session_ttl_seconds: must be greater than app.ttl_refresh_interval_seconds (10)"), error
+        assert not proc.logged("config reloaded")
+        # a change that holds with the running refresh interval still applies
+        config.write_text("app:\n  session_ttl_seconds: 20\n  allowed_origins: [https://ok.example]\n")
+        reload(proc, "config reloaded", 1)
+        assert await origin_status(proc, "https://evil.example", "u1") == 403
