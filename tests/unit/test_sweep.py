@@ -183,3 +183,26 @@ def test_close_deadline_still_aborts(rig: Rig, monkeypatch: pytest.MonkeyPatch) 
 def test_sweep_loop_runs_a_pass_every_fraction_of_the_interval() -> None:
     assert SWEEP_PASSES >= 5
     assert server_mod.SWEEP_INTERVAL == 1.0  # each socket visited once per second, as before
+
+
+def test_a_reload_applies_heartbeat_settings_to_later_sockets_only(rig: Rig) -> None:
+    """SPEC §8.2: socket settings apply to sockets opened afterwards. A socket pinged every
+    20 s must not be held to a 5 s pong wait that came with a reload."""
+    before = rig.connect()
+    app = replace(rig.gw.settings.app, ping_interval_seconds=2, pong_wait_seconds=5)
+    rig.gw.apply_settings(replace(rig.gw.settings, app=app))
+    after = rig.connect()
+    t = max(before.opened_at, after.opened_at)
+    step = SWEEP_INTERVAL / SWEEP_PASSES
+    answered = {id(before): 0, id(after): 0}
+    end = t + 30
+    while t < end:
+        t += step
+        rig.gw.sweep(t)
+        for c in (before, after):  # a client that answers every ping at once
+            if pings_sent(c.transport) > answered[id(c)]:
+                answered[id(c)] = pings_sent(c.transport)
+                c.last_pong = t
+    assert not before.ended and not after.ended
+    assert 1 <= pings_sent(before.transport) <= 2  # every 20 s (the first after 10-20 s)
+    assert pings_sent(after.transport) >= 12  # every 2 s

@@ -88,6 +88,7 @@ class Connection(hotpath.SendQueue):
         "_read_blocked",
         "admin_filter",
         "agent",
+        "app",
         "chat",
         "claims",
         "close_deadline",
@@ -114,7 +115,9 @@ class Connection(hotpath.SendQueue):
         request_id: str,
         deflate_bits: int,
     ) -> None:
-        settings = gw.settings.app
+        # Socket settings as they were at the upgrade: a reload applies them to later sockets
+        # only (SPEC §8.2), so a shorter pong wait never closes a socket pinged less often.
+        self.app = settings = gw.settings.app
         super().__init__(settings.websocket_message_buffer_size, gw.drop_policy, gw.drop_stats)
         self.gw = gw
         self.proto = proto
@@ -140,7 +143,7 @@ class Connection(hotpath.SendQueue):
         # The first ping comes after 50-100 % of the interval (then every interval): sockets
         # that connect together (a reconnect storm, a load test) are not pinged together, so
         # neither the pings nor the pongs they bring back arrive as one burst.
-        self.next_ping = now + gw.settings.app.ping_interval_seconds * (1.0 - FIRST_PING_SPREAD * random.random())
+        self.next_ping = now + settings.ping_interval_seconds * (1.0 - FIRST_PING_SPREAD * random.random())
         self.close_deadline = 0.0
         self.ended = False
         self._frag_mode = _NO_FRAGMENTS
@@ -283,7 +286,7 @@ class Connection(hotpath.SendQueue):
         if self.proto.state is _OPEN:
             self.proto.send_ping(b"")
             self._send_protocol_data()
-        self.next_ping = now + self.gw.settings.app.ping_interval_seconds
+        self.next_ping = now + self.app.ping_interval_seconds
 
     def close(self, code: int, reason: str, error: ErrorTriple | None = None, deliver_queued: bool = True) -> None:
         """Server-initiated close: queued frames (if writable), error frame, close frame."""
@@ -306,7 +309,7 @@ class Connection(hotpath.SendQueue):
     def _expect_close(self) -> None:
         """Wait at most write_timeout for the peer's close, then drop TCP (the sweep does)."""
         if not self.transport.is_closing():
-            self.close_deadline = time.monotonic() + self.gw.settings.app.write_timeout_seconds
+            self.close_deadline = time.monotonic() + self.app.write_timeout_seconds
             self.gw.closing.add(self)
 
     def abort(self) -> None:

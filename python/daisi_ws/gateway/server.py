@@ -432,19 +432,17 @@ class Gateway:
         batch = self._sweep_round[start:stop]
         if stop >= len(self._sweep_round):
             self._sweep_round = []  # hold no ended sockets until the next round
-        app = self.settings.app
-        pong_wait = app.pong_wait_seconds
-        write_timeout = app.write_timeout_seconds
         timed_out: list[Connection] = []
         overflowed: list[Connection] = []
         for conn in batch:
             if conn.ended:
                 continue
-            if now - conn.last_pong > pong_wait:
+            app = conn.app
+            if now - conn.last_pong > app.pong_wait_seconds:
                 timed_out.append(conn)
             elif now >= conn.next_ping:
                 conn.ping(now)
-            if conn.expire_block(now, write_timeout):
+            if conn.expire_block(now, app.write_timeout_seconds):
                 overflowed.append(conn)
         for conn in timed_out:
             conn.close(CLOSE_INTERNAL, REASON_PONG_TIMEOUT, PONG_TIMEOUT_ERROR)
