@@ -107,9 +107,12 @@ class ServerProcess:
         self.stderr: list[str] = []
         self.port = 0
         self._listening = threading.Event()
+        self._until = "listening"
 
     # lifecycle
-    def start(self, timeout: float = 15.0) -> ServerProcess:
+    def start(self, timeout: float = 15.0, until: str = "listening") -> ServerProcess:
+        """Start and wait for the log line `until` (by default: the port is known)."""
+        self._until = until
         self.proc = subprocess.Popen(
             [executable("daisi-ws"), "serve"],
             env=self.env,
@@ -135,6 +138,7 @@ class ServerProcess:
             self.lines.append(record)
             if record.get("message") == "listening":
                 self.port = int(record["port"])
+            if record.get("message") == self._until:
                 self._listening.set()
 
     def _read_stderr(self) -> None:

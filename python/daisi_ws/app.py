@@ -98,6 +98,11 @@ class App:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_error)
+        # Before the backends: start-up can wait seconds for NATS, and a signal then must stop
+        # (or reload) the pod as it would later, not kill it.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         for w in self.settings.warnings:
             self.log.warn(w)
         if not self.settings.app.allowed_origins:
@@ -116,10 +121,6 @@ class App:
             await self.backend.stop()
             return 1
         frozen = tune_gc()
-        # before "listening": a supervisor may signal as soon as it reads that line
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         s = self.settings.server
         self.log.info(
             "listening",
@@ -236,6 +237,9 @@ def print_ephemeral_banner(settings: Settings, port: int, generated: dict[str, s
 
 
 def run_server(cli_config: str | None) -> int:
+    # Until the event loop takes it over, a SIGHUP (reload) must not end the process: the
+    # config being loaded is the one a reload would read anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         settings = load_settings(cli_config)
     except ConfigError as exc:

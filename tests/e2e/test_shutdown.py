@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.e2e.helpers import OP_CLOSE, OP_TEXT, RawWS, expect_close, recv_text, ws_path
-from tests.support import ServerProcess, http_request, wait_for
+from tests.support import ServerProcess, free_port, http_request, wait_for
 
 SHUTDOWN_FRAME = '{"type":"error","payload":{"code":"InternalServerError","message":"Service shutting down","details":"The WebSocket service is being gracefully terminated."}}'
 TIMEOUT = 3
@@ -101,4 +101,44 @@ def test_exit_code_0_even_with_idle_keepalive_http(sig: int) -> None:
         assert time.monotonic() - started < 3
     finally:
         conn.close()
+        server.kill()
+
+
+ORIGIN_WARNING = "app.allowed_origins is empty: WebSocket connections from any Origin are accepted"
+
+
+def starting_against_unreachable_nats() -> ServerProcess:
+    """A shared-mode pod whose NATS is down: start-up waits for it (up to 2 s). Returned once
+    the event loop runs (the first warning is logged), before the pod listens."""
+    env = {
+        "DAISI_WS_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "DAISI_WS_REDIS_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    server = ServerProcess(env=env).start(until=ORIGIN_WARNING)
+    assert not server.logged("listening")
+    return server
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_during_start_up_still_exits_0(sig: int) -> None:
+    server = starting_against_unreachable_nats()
+    try:
+        server.signal(sig)
+        assert await asyncio.to_thread(server.wait, 15) == 0
+        assert server.logged("stopped")
+        assert "Traceback" not in "".join(server.stderr)
+    finally:
+        server.kill()
+
+
+async def test_sighup_during_start_up_reloads_instead_of_killing_the_pod() -> None:
+    server = starting_against_unreachable_nats()
+    try:
+        server.signal(signal.SIGHUP)
+        assert wait_for(lambda: bool(server.logged("listening")), timeout=10), "".join(server.stderr)
+        assert server.logged("config reloaded")
+        assert server.proc is not None and server.proc.poll() is None
+        assert http_request(server.http + "/health")[0] == 200
+    finally:
+        server.stop(10)
         server.kill()
