@@ -46,7 +46,9 @@ __all__ = [
     "default_pod_id",
     "env_names",
     "load_settings",
+    "nats_servers",
     "needs_restart",
+    "redact_url",
     "resolve_config_path",
     "restart_required",
     "to_dict",
@@ -185,6 +187,25 @@ class Settings:
     def shared(self) -> bool:
         """Both NATS and Redis configured."""
         return bool(self.nats.url) and bool(self.redis.address)
+
+
+def nats_servers(url: str) -> list[str]:
+    """`nats.url` as a server list: like the Go client, a comma-separated list is a cluster."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def redact_url(url: str) -> str:
+    """`nats.url` fit for logs and check-config: credentials (`user:password@` or a bare
+    token `token@`) become `****`; the user name of `user:password@` stays."""
+    out = []
+    for server in nats_servers(url):
+        scheme, sep, rest = server.rpartition("://")
+        userinfo, at, hostport = rest.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            rest = f"{user}:****@{hostport}" if colon else f"****@{hostport}"
+        out.append(f"{scheme}{sep}{rest}")
+    return ",".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,6 +689,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("nats.url", "must be set when redis.address is set (both or neither)")
     if redis_address:
         _check_redis_address(redis_address)
+    if nats_url and not nats_servers(nats_url):
+        raise ConfigError("nats.url", "must name at least one server (a URL or a comma-separated list)")
 
     _check_greater(settings, "app.session_ttl_seconds", "app.ttl_refresh_interval_seconds")
     _check_greater(settings, "app.route_ttl_seconds", "app.ttl_refresh_interval_seconds")
@@ -715,6 +738,8 @@ def to_dict(settings: Settings, mask_secrets: bool = True) -> dict[str, Any]:
             value = list(value)
         if mask_secrets and key.dotted in SECRET_KEYS and value:
             value = "****"
+        elif mask_secrets and key.dotted == "nats.url":
+            value = redact_url(value)
         node = out
         for part in key.path[:-1]:
             node = node.setdefault(part, {})

@@ -39,8 +39,9 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
         "DAISI_WS_AUTH_ADMIN_TOKEN_AES_KEY": "cd" * 32,
         "DAISI_WS_AUTH_JWT_SECRET": "jwt-secret-9999",
         "DAISI_WS_REDIS_PASSWORD": "redis-password-0000",
+        "DAISI_WS_NATS_URL": "nats://alice:nats-password-4321@127.0.0.1:4222",
     }
-    env = {**secrets, "DAISI_WS_APP_PING_INTERVAL_SECONDS": "7", "SERVER_HTTP_PORT": "9123"}
+    env = {**secrets, "DAISI_WS_REDIS_ADDRESS": "127.0.0.1:6379", "DAISI_WS_APP_PING_INTERVAL_SECONDS": "7", "SERVER_HTTP_PORT": "9123"}
     result = run("check-config", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for value in secrets.values():
@@ -49,6 +50,7 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     for key in ("secret_token", "admin_secret_token", "token_aes_key", "admin_token_aes_key", "jwt_secret"):
         assert config["auth"][key] and config["auth"][key] != "", key  # shown as set, masked
     assert config["redis"]["password"]
+    assert config["nats"]["url"] == "nats://alice:****@127.0.0.1:4222"
     # non-secret values are shown as they are (prefixed and unprefixed env both read)
     assert config["app"]["ping_interval_seconds"] == 7
     assert config["server"]["http_port"] == 9123

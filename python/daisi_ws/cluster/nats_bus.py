@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 
 from daisi_ws.cluster.base import Pair
 from daisi_ws.cluster.redis_store import RouteRegistry
-from daisi_ws.config import Settings
+from daisi_ws.config import Settings, nats_servers
 from daisi_ws.gateway.hub import SCOPE_ADMINS, SCOPE_USERS, BuiltEvent
 from daisi_ws.log import Logger
 from daisi_ws.metrics import Metrics
@@ -157,7 +157,7 @@ class NatsBus:
             self._forward_sub = self._reply_sub = self._pull_sub = None
             try:
                 await nc.connect(
-                    servers=[n.url],
+                    servers=nats_servers(n.url),
                     name=f"daisi-ws {self.pod_id}",
                     connect_timeout=n.connect_timeout_seconds,
                     reconnect_time_wait=n.reconnect_wait_seconds,

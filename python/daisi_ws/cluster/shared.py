@@ -20,7 +20,7 @@ from daisi_ws.cluster.redis_store import (
     RouteRegistry,
     SessionLocks,
 )
-from daisi_ws.config import Settings
+from daisi_ws.config import Settings, redact_url
 from daisi_ws.log import Logger
 from daisi_ws.metrics import Metrics
 
@@ -76,7 +76,7 @@ class SharedBackend:
         self._renewal_task = loop.create_task(self.renewal.run())
         self.bus.start()
         if not await self.bus.wait_connected(STARTUP_WAIT):
-            self.log.warn("NATS not reachable yet; retrying in the background", url=self.settings.nats.url)
+            self.log.warn("NATS not reachable yet; retrying in the background", url=redact_url(self.settings.nats.url))
 
     async def stop_intake(self) -> None:
         self.renewal.stopped = True
