@@ -240,3 +240,21 @@ def test_count_recipients(hub: Hub) -> None:
     assert hub.count_recipients("websocket.c.a.messages.x") == 1
     assert hub.count_recipients("websocket.c.a.agents") == 3
     assert hub.count_recipients("bad") == 0
+
+
+@pytest.mark.parametrize(("size", "compressed"), [(126, False), (127, False), (128, True), (129, True)])
+async def test_events_and_single_frames_share_the_compression_threshold(hub: Hub, size: int, compressed: bool) -> None:
+    """SPEC §4.6: a message of >= threshold (128) bytes is compressed. The threshold applies
+    to the JSON message for events as for ready/error/ack frames, not to the frame with its
+    header (which made 126- and 127-byte events compressed)."""
+    conn = FakeConn("d", deflate_bits=15)
+    hub.registry.add_user(conn, ("c", "a"))
+    hub.compression_used = True
+    overhead = len(b'{"type":"event","payload":{"event_type":"chat","event_id":""}}')
+    payload = b'{"event_id":"' + b"x" * (size - overhead) + b'"}'
+    hub.dispatch("websocket.c.a.chats", payload)
+    await tick()
+    (frame,) = conn.transport.writes
+    assert bool(frame[0] & 0x40) is compressed
+    assert bool(hub.encode_for(conn, b"y" * size)[0] & 0x40) is compressed
+    assert len(orjson.dumps(conn.frames()[0])) == size

@@ -57,6 +57,13 @@ def parse_subject(subject: str) -> ParsedSubject | None:
     return ParsedSubject(parts[1], parts[2], kind, None)
 
 
+def _message_size(frame: bytes) -> int:
+    """The JSON message's size in an unmasked server frame: the frame less its header (the
+    compression threshold applies to the message, as in `encode_for`)."""
+    length = frame[1] & 0x7F
+    return len(frame) - (2 if length < 126 else 4 if length == 126 else 10)
+
+
 def _deflate(envelope: bytes, wbits: int) -> bytes:
     """permessage-deflate without context takeover: one raw deflate block, tail removed."""
     comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wbits)
@@ -204,7 +211,7 @@ class Hub:
         frame = hotpath.build_event_frame(body, event_type)  # encoded once for every recipient
         dirty = self.dirty
         delivered = 0
-        if self.compression_used and len(frame) >= self.compression_threshold:
+        if self.compression_used and _message_size(frame) >= self.compression_threshold:
             envelope = hotpath.build_event_envelope(body, event_type)
             delivered = self._fanout_compressed(envelope, frame, targets)
         else:
