@@ -22,10 +22,11 @@ from tests.integration.servers import (
     RedisServer,
     close_all,
     metric,
+    pod_id,
     start_pods,
     stop_pods,
 )
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_for
 
 COMPANIES = 3
 AGENTS = 4
@@ -218,3 +219,48 @@ async def test_exactly_once(cluster: list[ServerProcess], nats_server: NatsServe
         assert sum(metric(p, "dws_forward_sent_total") for p in cluster) > 0
         assert sum(metric(p, "dws_forward_naks_total") for p in cluster) == 0
     await close_all([s.client for s in sockets])
+
+
+# --- queue mode: a forward target that is gone (SPEC §7.5 Failures) ----------------------------------
+async def test_queue_no_responders_drops_the_gone_pod_from_the_route_and_dws_pods(
+    nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    """A `chats` event forwarded to a SIGKILLed pod: "no responders" removes that pod from the
+    route key used AND from `dws:pods`, for every event type (not only `agents`)."""
+    import nats
+
+    consumer = f"dws_gone_{secrets.token_hex(4)}"
+    env = {
+        "DAISI_WS_NATS_DELIVERY": "queue",
+        "DAISI_WS_NATS_CONSUMER_NAME": consumer,
+        "DAISI_WS_APP_NATS_ACK_WAIT_SECONDS": "3",
+        "DAISI_WS_NATS_FORWARD_TIMEOUT_SECONDS": "1",
+    }
+    pods = start_pods(nats_server, redis_server, 2, prefix="gone", **env)
+    a, b = pods
+    r = redis_server.client()
+    c, ag = f"gone{secrets.token_hex(4)}", "ag"
+    route = f"route:{c}:{ag}:chats"
+    clients: list[Client] = []
+    try:
+        clients.append(await Client.connect(a.user_url(c, ag, "ua"), "ua"))
+        clients.append(await Client.connect(b.user_url(c, ag, "ub"), "ub"))
+        gone = pod_id(b)
+        assert wait_for(lambda: r.smembers(route) == {pod_id(a), gone}, 5)
+        assert wait_for(lambda: gone in r.smembers("dws:pods"), 5)
+        b.kill()  # gone without a word: its route membership and dws:pods entry stay behind
+
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(f"websocket.{c}.{ag}.chats", json.dumps({"event_id": "e1"}).encode())
+        finally:
+            await nc.close()
+        await clients[0].wait_for(lambda f: f.get("type") == "event", timeout=15)
+        assert wait_for(lambda: metric(a, "dws_forward_failures_total", reason="no_responders") >= 1, 5)
+        assert wait_for(lambda: gone not in r.smembers(route), 5), "removed from the route key used"
+        assert wait_for(lambda: gone not in r.smembers("dws:pods"), 5), "removed from dws:pods too"
+        assert metric(a, "dws_forward_naks_total") == 0  # not a NAK reason
+    finally:
+        await close_all(clients)
+        stop_pods(pods)
+        await delete_consumer(nats_server.url, consumer)

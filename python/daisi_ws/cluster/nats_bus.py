@@ -60,8 +60,8 @@ STATUS = "Status"
 REQUEST_ID = "X-Request-ID"
 DWS_SUBJECT = "Dws-Subject"
 
-# (message, route key, is agents, [(target pod, future of its reply)]) per processed message
-Pending = list[tuple[Msg, str, bool, list[tuple[bytes, "asyncio.Future[Msg]"]]]]
+# (message, route key, [(target pod, future of its reply)]) per processed message
+Pending = list[tuple[Msg, str, list[tuple[bytes, "asyncio.Future[Msg]"]]]]
 
 
 def subject_label(subject: str) -> str:
@@ -508,7 +508,7 @@ class NatsBus:
                 futures.append((target, await self._forward(target, msg.subject, msg.data, rid)))
                 self._fwd_sent[label].inc()
             forwarding = forwarding or bool(futures)
-            pending.append((msg, rkey, agents, futures))
+            pending.append((msg, rkey, futures))
         if not forwarding:
             for msg, *_ in pending:  # nothing to wait for: ack now, no completion task
                 await msg.ack()
@@ -554,7 +554,7 @@ class NatsBus:
             await asyncio.wait(futures, timeout=float(self.settings.nats.forward_timeout_seconds))
         gone: list[tuple[str, bytes]] = []
         fail = self._fwd_fail
-        for msg, rkey, agents, fs in pending:
+        for msg, rkey, fs in pending:
             failed = False
             for target, fut in fs:
                 if not fut.done():
@@ -569,10 +569,11 @@ class NatsBus:
                 reply = fut.result()
                 status = reply.headers.get(STATUS) if reply.headers else None
                 if status == NO_RESPONDERS:
-                    fail["no_responders"].inc()  # target gone: not a NAK reason
+                    # target gone: not a NAK reason; it leaves the route key used and, whatever
+                    # the event type, dws:pods (SPEC §7.5 Failures)
+                    fail["no_responders"].inc()
                     gone.append((rkey, target))
-                    if agents:
-                        gone.append((PODS_KEY, target))
+                    gone.append((PODS_KEY, target))
                 elif status:
                     fail["error"].inc()
                     failed = True
