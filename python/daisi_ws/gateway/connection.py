@@ -164,6 +164,8 @@ class Connection(hotpath.SendQueue):
             return
         for frame in proto.events_received():
             self._on_frame(frame)  # type: ignore[arg-type]  # only frames once OPEN
+        if proto.state is not _OPEN and not self.closed:
+            self._stop_data_frames()
         self._send_protocol_data()
         if proto.state is not _OPEN and not self.ended:
             # peer's close frame, or a protocol error / oversize message (1002/1007/1009)
@@ -259,12 +261,22 @@ class Connection(hotpath.SendQueue):
 
     def invalid_utf8(self, exc: UnicodeDecodeError) -> None:
         self.proto.fail(1007, f"{exc.reason} at position {exc.start}")
+        self._stop_data_frames()
         self._send_protocol_data()
         if not self.ended:
             self.gw.end(self)
             self._expect_close()
 
     # --- outbound ---------------------------------------------------------------------------
+    def _stop_data_frames(self) -> None:
+        """websockets is about to send a close frame (the peer's echoed, or a protocol
+        failure): queued frames go first if the transport takes them, later ones are
+        discarded as `socket_closed` (SPEC §4.5); no data frame may follow a close frame."""
+        if not self.overflow:
+            self.flush()
+        self.closed = True
+        self.discard_pending()
+
     def send_envelope(self, envelope: bytes) -> bool:
         """Queue one JSON text frame (ready, error, ack) behind already queued events."""
         return self.gw.hub.send(self, self.gw.hub.encode_for(self, envelope))

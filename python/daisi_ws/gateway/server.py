@@ -192,8 +192,8 @@ class Gateway:
     # --- registration (SPEC §3.4) -----------------------------------------------------------
     def register(self, conn: Connection) -> None:
         m = self.metrics
-        conn.send_envelope(READY)  # always first: queued before any event source sees conn
-        m.sent_ready.inc()
+        if conn.send_envelope(READY):  # always first: queued before any event source sees conn
+            m.sent_ready.inc()
         previous = self.registry.claim_session(conn.session_key, conn)
         if previous is not None:
             m.session_conflicts.labels(conn.kind).inc()
@@ -327,8 +327,16 @@ class Gateway:
         if mtype == "ready":
             received["ready"].inc()
             payload = msg.get("payload")
-            conn.send_envelope(READY if payload is None else orjson.dumps({"type": "ready", "payload": payload}))
-            self.metrics.sent_ready.inc()
+            if payload is None:
+                echo = READY
+            else:
+                try:
+                    echo = orjson.dumps({"type": "ready", "payload": payload})
+                except orjson.JSONEncodeError as exc:  # parsed, but nested deeper than orjson writes
+                    conn.send_error((BAD_REQUEST, MSG_INVALID_FORMAT, str(exc)))
+                    return None
+            if conn.send_envelope(echo):
+                self.metrics.sent_ready.inc()
             return None
         if mtype == "select_chat":
             received["select_chat"].inc()
@@ -365,8 +373,7 @@ class Gateway:
         return self._move_chat(conn, chat, ack_id)
 
     def _ack(self, conn: Connection, ack_id: Any) -> None:
-        if ack_id is not None:
-            conn.send_envelope(orjson.dumps({"type": "ack", "id": ack_id}))
+        if ack_id is not None and conn.send_envelope(orjson.dumps({"type": "ack", "id": ack_id})):
             self.metrics.sent_ack.inc()
 
     async def _move_chat(self, conn: Connection, chat: str, ack_id: Any) -> None:
