@@ -440,8 +440,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # request processing
     def _pump(self) -> None:
+        """Answer the requests h11 has buffered, one after the other, until one is answered
+        asynchronously (or hands the connection over) or more bytes are needed.
+
+        A loop, never recursion: a client may pipeline thousands of requests in one write.
+        """
         conn = self.conn
-        while not self._busy and not self.lost:
+        transport = self.transport
+        while not self._busy and not self.lost and not transport.is_closing():
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -472,7 +478,7 @@ class HttpProtocol(asyncio.Protocol):
                 assert req is not None
                 req.body = bytes(self._body)
                 self._body = bytearray()
-                self._handle(req)
+                self._handle(req)  # a reply written at once ends the cycle: the loop goes on
             elif etype is h11.ConnectionClosed:
                 self.transport.close()
                 return
@@ -520,6 +526,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.transport.resume_reading()
         self._send(reply, req.request_id)
+        self._pump()  # requests pipelined behind this one
 
     def _send(self, reply: HttpReply, request_id: str, close: bool = False) -> None:
         if self.lost:
@@ -551,9 +558,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+            conn.start_next_cycle()  # the caller pumps the next request, if any
             self._arm(self.gw.settings.app.idle_timeout_seconds)
-            self._pump()
         elif conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
             # an upgrade request answered without 101: no further requests on this connection
             self.transport.close()
