@@ -49,6 +49,9 @@ end
 # TTLs, without a client round trip of Python work per key.
 # KEYS = locks, then selected-chat keys, then route sets; ARGV = pod_id, number of locks,
 # number of selected-chat keys, then one TTL per key. Returns 1/0 per lock, then per route.
+# Every command runs under redis.pcall: a key that fails (e.g. a foreign value of the wrong
+# type, WRONGTYPE) gets its error reply in its own place of the result (redis-py hands it over
+# as a ResponseError in the list) and every other key of the slice is still renewed.
 RENEW_SLICE = """
 local pod = ARGV[1]
 local nlocks = tonumber(ARGV[2])
@@ -57,17 +60,25 @@ local out = {}
 for i = 1, #KEYS do
     local key, ttl = KEYS[i], ARGV[3 + i]
     if i <= nlocks then
-        if redis.call("GET", key) == pod then
-            out[#out + 1] = redis.call("EXPIRE", key, ttl)
+        local owner = redis.pcall("GET", key)
+        if type(owner) == "table" then
+            out[#out + 1] = owner
+        elseif owner == pod then
+            out[#out + 1] = redis.pcall("EXPIRE", key, ttl)
         else
             out[#out + 1] = 0
         end
     elseif i <= nlocks + nchats then
-        redis.call("EXPIRE", key, ttl)
-    elseif redis.call("SISMEMBER", key, pod) == 1 then
-        out[#out + 1] = redis.call("EXPIRE", key, ttl)
+        redis.pcall("EXPIRE", key, ttl)
     else
-        out[#out + 1] = 0
+        local member = redis.pcall("SISMEMBER", key, pod)
+        if type(member) == "table" then
+            out[#out + 1] = member
+        elseif member == 1 then
+            out[#out + 1] = redis.pcall("EXPIRE", key, ttl)
+        else
+            out[#out + 1] = 0
+        end
     end
 end
 return out
@@ -637,10 +648,12 @@ class Renewal:
         fixes: list[Callable[[Pipeline], Any]] = []
         reassert: list[tuple[str, Any, int]] = []
         failure = store.metrics.renewal_failure
+        key_errors: list[BaseException] = []  # a key's own error (e.g. WRONGTYPE): no action
         for (key, conn), ttl, res in zip(sessions, session_ttls, lock_results, strict=True):
             kind = conn.kind
             if isinstance(res, BaseException):
                 failure.labels(kind, "error").inc()
+                key_errors.append(res)
             elif res == 1:
                 store.renew_success[kind].inc()
             else:
@@ -651,9 +664,13 @@ class Renewal:
         route_ttl = app.route_ttl_seconds
         lost_routes = []
         for (key, _, _, owner), res in zip(routes, route_results, strict=True):
-            if res == 0 and (owner in registry.users if len(owner) == 2 else owner in registry.chats):
+            if isinstance(res, BaseException):
+                key_errors.append(res)
+            elif res == 0 and (owner in registry.users if len(owner) == 2 else owner in registry.chats):
                 lost_routes.append(key)
                 fixes.append(_register_op(key, pod, route_ttl))
+        if key_errors:
+            self._log_error("could not renew some locks or routes", key_errors[0], keys=len(key_errors))
         if not fixes:
             return
         try:
@@ -687,11 +704,11 @@ class Renewal:
         if exc is not None:
             self._log_error("session renewal failed", exc)
 
-    def _log_error(self, message: str, exc: Exception) -> None:
+    def _log_error(self, message: str, exc: BaseException, **fields: Any) -> None:
         now = time.monotonic()
         if now - self._error_logged >= 30:
             self._error_logged = now
-            self.store.log.warn(message, error=str(exc))
+            self.store.log.warn(message, error=str(exc), **fields)
 
     async def _keep_pod(self) -> None:
         try:
