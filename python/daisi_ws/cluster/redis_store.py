@@ -138,6 +138,26 @@ def now_text(now: float) -> bytes:
 
 # --- adaptive TTL (SPEC §5.6) -------------------------------------------------------------
 ERROR = object()  # marker: the activity GET failed
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def parse_int64(value: Any) -> int | None:
+    """A Redis value read as the Go service reads it, strconv.ParseInt(value, 10, 64): an
+    optional sign, then ASCII decimal digits only, within int64; else None. (Python's int()
+    would also take surrounding whitespace, `1_000` and non-ASCII digits.)"""
+    if isinstance(value, str):
+        if not value.isascii():
+            return None
+        raw = value.encode()
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+    else:
+        return None
+    digits = raw[1:] if raw[:1] in (b"+", b"-") else raw
+    if not digits.isdigit():  # bytes.isdigit: ASCII digits only, False when empty
+        return None
+    number = int(raw)
+    return number if INT64_MIN <= number <= INT64_MAX else None
 
 
 def decide_ttl(rule: AdaptiveRule, default_ttl: int, now: float, value: Any) -> tuple[int, str, float | None]:
@@ -155,9 +175,8 @@ def decide_ttl(rule: AdaptiveRule, default_ttl: int, now: float, value: Any) -> 
     if value is None:
         ttl, decision = rule.inactive_ttl_seconds, "inactive_no_key"
     else:
-        try:
-            stamp = int(value)
-        except (TypeError, ValueError):
+        stamp = parse_int64(value)
+        if stamp is None:
             return default_ttl, "error_fetching_activity", None
         age = now - stamp
         if age <= rule.activity_threshold_seconds:
