@@ -90,6 +90,12 @@ class Gateway:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.shutting_down = False
+        # Shared mode: lock acquisitions in flight on this pod, per session key. While one
+        # runs, a local socket of the same session that ends must not compare-and-delete the
+        # lock (its value is this pod's id, the new socket's too); the release is deferred to
+        # the last acquisition, which gives the lock back if no socket holds it then.
+        self._acquiring: dict[str, int] = {}
+        self._release_deferred: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_round: list[Connection] = []  # this round's snapshot of the sockets
         self._sweep_pos = 0
@@ -158,10 +164,7 @@ class Gateway:
     # --- handshake: step 8 and the upgrade -------------------------------------------------------
     def upgrade(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
         if self.shutting_down:
-            http.reply_and_close(
-                error_reply(503, INTERNAL_SERVER_ERROR, "Service shutting down", "The WebSocket service is being gracefully terminated."),
-                req.request_id,
-            )
+            http.reply_and_close(error_reply(503, *SHUTDOWN_ERROR), req.request_id)
             return
         if not self.backend.distributed_locks:
             # embedded: the lock is this process's table, taken over in register()
@@ -171,6 +174,26 @@ class Gateway:
         self.spawn(self._lock_then_switch(http, req, upgrade))
 
     async def _lock_then_switch(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
+        key = upgrade.session_key
+        self._acquiring[key] = self._acquiring.get(key, 0) + 1
+        acquired = False
+        try:
+            acquired = await self._acquire_and_switch(http, req, upgrade)
+        finally:
+            left = self._acquiring[key] - 1
+            if left:
+                self._acquiring[key] = left
+            else:
+                del self._acquiring[key]
+                deferred = key in self._release_deferred
+                self._release_deferred.discard(key)
+                if (acquired or deferred) and self.registry.holder(key) is None:
+                    # no socket holds the session now (the client left, the server is
+                    # stopping, or the socket it was to replace ended): give it back
+                    await self._release(key, [])
+
+    async def _acquire_and_switch(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> bool:
+        """True once the lock is ours (whether or not the socket then opened)."""
         kind = upgrade.kind
         try:
             # the backend enforces LOCK_DEADLINE itself; this is the safety net around it
@@ -184,10 +207,12 @@ class Gateway:
                 error_reply(500, INTERNAL_SERVER_ERROR, LOCK_FAILED_TEXT[kind], str(exc) or reason),
                 req.request_id,
             )
-            return
-        if http.switch(upgrade, req.request_id) is None and self.registry.holder(upgrade.session_key) is None:
-            # the client left while we took the lock: give it back (compare-and-delete)
-            await self.backend.release(upgrade.session_key)
+            return False
+        if self.shutting_down:  # the drain began while we took the lock (SPEC §10.2)
+            http.reply_and_close(error_reply(503, *SHUTDOWN_ERROR), req.request_id)
+        else:
+            http.switch(upgrade, req.request_id)
+        return True
 
     # --- registration (SPEC §3.4) -----------------------------------------------------------
     def register(self, conn: Connection) -> None:
@@ -223,14 +248,22 @@ class Gateway:
         except Exception as exc:
             self.log.warn("could not record the session in Redis", request_id=conn.request_id, error=str(exc))
             return
-        if chat is None or not is_valid_id(chat) or conn.ended or conn.chat is not None:
+        if conn.ended:
+            # the socket's deregistration may have reached Redis before our SADD
+            if user:
+                await self._release(None, [chats_route_key(*pair)])
             return
+        if chat is None or not is_valid_id(chat) or conn.chat is not None:
+            return
+        route = message_route_key(pair[0], pair[1], chat)
         try:
             if not self.registry.chat_selected(pair, chat):
-                await backend.register_route(message_route_key(pair[0], pair[1], chat))
+                await backend.register_route(route)
         except Exception as exc:
             self.log.warn("could not register message route", request_id=conn.request_id, error=str(exc))
-        if not conn.ended and conn.chat is None:
+        if conn.ended:
+            await self._release(None, [route])  # nobody entered it in the registry
+        elif conn.chat is None:
             self.registry.select_chat(conn, pair, None, chat)
             conn.chat = chat
 
@@ -241,6 +274,9 @@ class Gateway:
         conn.ended = True
         registry = self.registry
         release = registry.release_session(conn.session_key, conn)
+        if release and conn.session_key in self._acquiring:
+            release = False
+            self._release_deferred.add(conn.session_key)
         routes: list[str] = []
         if conn.kind == USER:
             pair = (conn.company, conn.agent)
@@ -380,14 +416,16 @@ class Gateway:
         """Register the new route, switch, persist, release the old (SPEC §4.2)."""
         pair = (conn.company, conn.agent)
         backend = self.backend
+        route = message_route_key(pair[0], pair[1], chat)
         if not self.registry.chat_selected(pair, chat):
             try:
-                await backend.register_route(message_route_key(pair[0], pair[1], chat))
+                await backend.register_route(route)
             except Exception as exc:
                 self.log.warn("select_chat route registration failed", request_id=conn.request_id, error=str(exc))
                 conn.send_error(SELECT_ROUTE_FAILED)
                 return
         if conn.ended:
+            await self._release(None, [route])  # registered for a socket that is gone
             return
         old = conn.chat
         old_released = self.registry.select_chat(conn, pair, old, chat)
