@@ -2,8 +2,8 @@
 
 The dataclasses below ARE the key table: every config key, its type and its default is a
 field of a section dataclass; `_RULES` adds the few per-key constraints that differ from the
-common ones (integers >= 1, strings free). Everything else (env names, YAML walking, masking,
-restart detection) is derived from those two places.
+common ones (integers 1..2**31-1, strings free). Everything else (env names, YAML walking,
+masking, restart detection) is derived from those two places.
 
 Value parsing is the same for YAML and env: YAML plain scalars are read as their literal text
 (only `null`/empty are special), then parsed like env values, so `password: 0123` stays
@@ -208,12 +208,25 @@ def redact_url(url: str) -> str:
     return ",".join(out)
 
 
+# Every integer key has an upper bound (SPEC §8.2: a value the server cannot use is a config
+# error at start-up, not a crash later). 2**31 - 1 seconds (about 68 years) still fits each
+# consumer of a duration or TTL: asyncio timers, Redis `EX` (under 2**63 ms) and the int64
+# nanoseconds of NATS JetStream's ack_wait and of Go's time.Duration; counts and sizes fit a
+# C Py_ssize_t even on 32-bit builds (the token cache, websockets' max_size, zlib).
+_MAX_INT = 2**31 - 1
+# The send queue's `block` policy keeps up to 8 x capacity frames (BLOCK_HARD_LIMIT_FACTOR in
+# _native/sendqueue.pyx and _pure/sendqueue.py), a Py_ssize_t product: 8 x this fits 2**31 - 1.
+_MAX_BUFFER_SIZE = _MAX_INT // 8
+# More significant digits than any bound has: rejected before int() (which refuses over 4300).
+_MAX_INT_DIGITS = len(str(_MAX_INT))
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    """Per-key constraints beyond the type. Integers default to `min=1`."""
+    """Per-key constraints beyond the type. Integers default to 1..2**31-1."""
 
     min: int | None = 1
-    max: int | None = None
+    max: int | None = _MAX_INT
     note: str = ""  # appended to the range problem, e.g. "(0 = no cache)"
     choices: tuple[str, ...] = ()  # enumeration; matched case-insensitively, stored lower
     hex64: bool = False  # empty or exactly 64 hex characters
@@ -238,6 +251,7 @@ _RULES: dict[str, _Rule] = {
         choices=("drop_oldest", "drop_newest", "block", "close")
     ),
     "app.websocket_compression_mode": _Rule(choices=("disabled", "no_context_takeover")),
+    "app.websocket_message_buffer_size": _Rule(max=_MAX_BUFFER_SIZE),
     "app.websocket_compression_threshold": _Rule(min=0),
 }
 _DEFAULT_RULE = _Rule()
@@ -381,7 +395,10 @@ def _parse_int(key: str, raw: object) -> int:
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if isinstance(raw, str) and _INT_RE.fullmatch(raw.strip()):
-        return int(raw.strip())
+        text = raw.strip()
+        if len(text.lstrip("+-").lstrip("0")) > _MAX_INT_DIGITS:  # out of range, maybe unparsable
+            raise ConfigError(key, _range_problem(_RULES.get(key, _DEFAULT_RULE)))
+        return int(text)
     raise ConfigError(key, f"must be an integer, got {_describe(raw)}")
 
 
@@ -618,14 +635,19 @@ def replace_value(settings: Any, dotted: str, value: Any) -> Any:
     return dataclasses.replace(settings, **{head: replace_value(getattr(settings, head), rest, value)})
 
 
+def _range_problem(rule: _Rule) -> str:
+    low, high = rule.min, rule.max
+    if low is not None and high is not None:
+        problem = f"must be an integer between {low} and {high}"
+    else:
+        problem = f"must be an integer >= {low}"
+    return f"{problem} {rule.note}".rstrip()
+
+
 def _check_int(dotted: str, value: int, rule: _Rule) -> None:
     low, high = rule.min, rule.max
     if (low is not None and value < low) or (high is not None and value > high):
-        if low is not None and high is not None:
-            problem = f"must be an integer between {low} and {high}"
-        else:
-            problem = f"must be an integer >= {low}"
-        raise ConfigError(dotted, f"{problem} {rule.note}".rstrip())
+        raise ConfigError(dotted, _range_problem(rule))
 
 
 def _check_key(key: _Key, value: Any) -> None:
@@ -705,13 +727,17 @@ def validate(settings: Settings) -> None:
     refresh = settings.app.ttl_refresh_interval_seconds
     for rule_field in dataclasses.fields(settings.adaptive_ttl):
         rule: AdaptiveRule = getattr(settings.adaptive_ttl, rule_field.name)
-        if not rule.enabled:
-            continue
         prefix = f"adaptive_ttl.{rule_field.name}"
         for f in dataclasses.fields(rule):
             value = getattr(rule, f.name)
-            if not isinstance(value, bool):
+            if isinstance(value, bool):
+                continue
+            if rule.enabled:
                 _check_int(f"{prefix}.{f.name}", value, _DEFAULT_RULE)
+            elif value > _MAX_INT:  # a disabled rule's values go unchecked, but none above the cap
+                raise ConfigError(f"{prefix}.{f.name}", _range_problem(_DEFAULT_RULE))
+        if not rule.enabled:
+            continue
         if rule.min_ttl_seconds > rule.max_ttl_seconds:
             raise ConfigError(
                 f"{prefix}.min_ttl_seconds",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -81,6 +82,56 @@ def test_check_config_invalid_value_exits_2_with_one_line(tmp_path: Path, env: d
     m = LINE.fullmatch(result.stderr)
     assert m is not None, result.stderr
     assert m["key"] == key
+
+
+INT_MAX = 2**31 - 1
+HUGE = "9" * 5000  # more digits than Python's int() reads
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"DAISI_WS_AUTH_TOKEN_CACHE_MAX_ENTRIES": "9" * 25},
+            f"auth.token_cache_max_entries: must be an integer between 1 and {INT_MAX} (0 would make the cap meaningless)",
+        ),
+        (
+            {"DAISI_WS_APP_WEBSOCKET_MESSAGE_BUFFER_SIZE": "9" * 25},
+            f"app.websocket_message_buffer_size: must be an integer between 1 and {INT_MAX // 8}",
+        ),
+        ({"DAISI_WS_APP_WRITE_TIMEOUT_SECONDS": HUGE}, f"app.write_timeout_seconds: must be an integer between 1 and {INT_MAX}"),
+        (
+            {"DAISI_WS_ADAPTIVE_TTL_CHAT_ROUTE_MAX_TTL_SECONDS": str(INT_MAX + 1)},
+            f"adaptive_ttl.chat_route.max_ttl_seconds: must be an integer between 1 and {INT_MAX}",
+        ),
+    ],
+    ids=["cache-entries", "buffer-size", "5000-digits", "disabled-adaptive-rule"],
+)
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_integer_too_big_exits_2_with_one_line(tmp_path: Path, command: str, env: dict[str, str], line: str) -> None:
+    """check-config and serve agree: a value the server could not use is a config error (serve
+    used to crash with OverflowError, or start and fail every upgrade)."""
+    result = run(command, env={"DAISI_WS_SERVER_HTTP_PORT": "0", **env}, cwd=tmp_path, timeout=10)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"config error: {line}\n")
+
+
+async def test_sighup_with_a_huge_integer_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("log:\n  level: info\n")
+    message = "config reload rejected; keeping the running config"
+
+    def rejected() -> list[dict[str, object]]:
+        records = (json.loads(line) for line in "".join(proc.stderr).splitlines() if line.startswith("{"))
+        return [r for r in records if r.get("message") == message]
+
+    with ServerProcess(env={"DAISI_WS_CONFIG": str(config)}) as proc:
+        config.write_text(f"app:\n  write_timeout_seconds: {HUGE}\n")
+        proc.signal(signal.SIGHUP)
+        assert wait_for(rejected, timeout=5), "".join(proc.stderr)[-2000:]
+        assert rejected()[0]["error"] == f"app.write_timeout_seconds: must be an integer between 1 and {INT_MAX}"
+        assert "Traceback" not in "".join(proc.stderr)
+        async with connect(proc.user_url("rl", "a", "u1")) as ws:  # still serving
+            assert await recv_text(ws) == '{"type":"ready"}'
 
 
 def test_check_config_backends_both_or_neither(tmp_path: Path) -> None:

@@ -697,10 +697,22 @@ AT_LEAST_ONE = [
 ]
 
 
+# Upper bounds: 2**31 - 1 for every integer key (about 68 years of seconds: within asyncio
+# timers, Redis EX and int64 nanoseconds), except ports and the send buffer, whose `block`
+# policy holds 8 x capacity frames in a Py_ssize_t.
+INT_MAX = 2**31 - 1
+BUFFER_MAX = INT_MAX // 8
+
+
+def int_max(key: str) -> int:
+    return BUFFER_MAX if key == "app.websocket_message_buffer_size" else INT_MAX
+
+
 @pytest.mark.parametrize("key", AT_LEAST_ONE)
 @pytest.mark.parametrize("value", ["0", "-5"])
 def test_durations_sizes_counts_at_least_one(tmp_path: Path, key: str, value: str) -> None:
-    assert_invalid(tmp_path, key, "must be an integer >= 1", **{env_pair(key)[0]: value})
+    problem = f"must be an integer between 1 and {int_max(key)}"
+    assert_invalid(tmp_path, key, problem, **{env_pair(key)[0]: value})
 
 
 def test_max_pings_out_one_is_fine(tmp_path: Path) -> None:
@@ -710,11 +722,11 @@ def test_max_pings_out_one_is_fine(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "low", "problem"),
     [
-        ("auth.token_cache_ttl_seconds", 0, "must be an integer >= 0 (0 = no cache)"),
-        ("auth.admin_token_cache_ttl_seconds", 0, "must be an integer >= 0 (0 = no cache)"),
-        ("app.websocket_compression_threshold", 0, "must be an integer >= 0"),
-        ("redis.db", 0, "must be an integer >= 0"),
-        ("nats.max_reconnects", -1, "must be an integer >= -1 (-1 = forever)"),
+        ("auth.token_cache_ttl_seconds", 0, f"must be an integer between 0 and {INT_MAX} (0 = no cache)"),
+        ("auth.admin_token_cache_ttl_seconds", 0, f"must be an integer between 0 and {INT_MAX} (0 = no cache)"),
+        ("app.websocket_compression_threshold", 0, f"must be an integer between 0 and {INT_MAX}"),
+        ("redis.db", 0, f"must be an integer between 0 and {INT_MAX}"),
+        ("nats.max_reconnects", -1, f"must be an integer between -1 and {INT_MAX} (-1 = forever)"),
     ],
 )
 def test_documented_lower_bounds(tmp_path: Path, key: str, low: int, problem: str) -> None:
@@ -726,7 +738,7 @@ def test_documented_lower_bounds(tmp_path: Path, key: str, low: int, problem: st
 def test_token_cache_max_entries_zero_rejected(tmp_path: Path) -> None:
     err = load_error(tmp_path, AUTH_TOKEN_CACHE_MAX_ENTRIES="0")
     assert err.key == "auth.token_cache_max_entries"
-    assert err.problem.startswith("must be an integer >= 1")
+    assert err.problem.startswith(f"must be an integer between 1 and {INT_MAX}")
     assert "cap" in err.problem
     assert load(tmp_path, AUTH_TOKEN_CACHE_MAX_ENTRIES="1").auth.token_cache_max_entries == 1
 
@@ -799,7 +811,7 @@ def test_adaptive_enabled_min_exceeds_refresh(tmp_path: Path, value: str) -> Non
 def test_adaptive_enabled_values_at_least_one(tmp_path: Path, field: str) -> None:
     key = f"adaptive_ttl.chat_route.{field}"
     env = {"ADAPTIVE_TTL_CHAT_ROUTE_ENABLED": "1", env_pair(key)[0]: "0"}
-    assert_invalid(tmp_path, key, "must be an integer >= 1", **env)
+    assert_invalid(tmp_path, key, f"must be an integer between 1 and {INT_MAX}", **env)
 
 
 def test_adaptive_disabled_rule_not_checked(tmp_path: Path) -> None:
@@ -811,6 +823,96 @@ def test_adaptive_disabled_rule_not_checked(tmp_path: Path) -> None:
     )
     assert settings.adaptive_ttl.chat_route == AdaptiveRule(False, 5000, 900, 600, 0, 300)
     assert settings.adaptive_ttl.session_lock.min_ttl_seconds == 1
+
+
+# Every integer key outside adaptive_ttl: (lowest, highest, note) of its range.
+INT_RANGES: dict[str, tuple[int, int, str]] = {
+    "server.http_port": (0, 65535, ""),
+    **{key: (1, int_max(key), "") for key in AT_LEAST_ONE},
+    "nats.max_reconnects": (-1, INT_MAX, " (-1 = forever)"),
+    "redis.db": (0, INT_MAX, ""),
+    "auth.token_cache_ttl_seconds": (0, INT_MAX, " (0 = no cache)"),
+    "auth.admin_token_cache_ttl_seconds": (0, INT_MAX, " (0 = no cache)"),
+    "auth.token_cache_max_entries": (1, INT_MAX, " (0 would make the cap meaningless)"),
+    "app.websocket_compression_threshold": (0, INT_MAX, ""),
+}
+ADAPTIVE_INT_FIELDS = [
+    "min_ttl_seconds",
+    "max_ttl_seconds",
+    "activity_threshold_seconds",
+    "active_ttl_seconds",
+    "inactive_ttl_seconds",
+]
+HUGE = "9" * 5000  # more digits than int() reads (4300): must still be a config error
+
+
+def range_problem(key: str) -> str:
+    low, high, note = INT_RANGES[key]
+    return f"must be an integer between {low} and {high}{note}"
+
+
+def test_int_ranges_cover_every_integer_key() -> None:
+    ints = {
+        k for k in cfg.all_keys() if type(get(Settings(), k)) is int and not k.startswith("adaptive_ttl.")
+    }
+    assert ints == set(INT_RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(INT_RANGES))
+@pytest.mark.parametrize("too_big", ["max+1", "9" * 25, HUGE, "-" + HUGE, "+" + "0" * 30 + "9" * 11])
+def test_integer_upper_bounds(tmp_path: Path, key: str, too_big: str) -> None:
+    value = str(INT_RANGES[key][1] + 1) if too_big == "max+1" else too_big
+    assert_invalid(tmp_path, key, range_problem(key), **{env_pair(key)[0]: value})
+
+
+@pytest.mark.parametrize("key", sorted(INT_RANGES))
+def test_integer_upper_bounds_from_yaml(tmp_path: Path, key: str) -> None:
+    section, name = key.split(".")
+    err = load_error(tmp_path, f"{section}:\n  {name}: {HUGE}\n")
+    assert (err.key, err.problem) == (key, range_problem(key))
+
+
+def test_integer_maxima_accepted(tmp_path: Path) -> None:
+    """Each key at its maximum (a key that must stay below another one just under it)."""
+    below = {"app.ttl_refresh_interval_seconds", "app.ping_interval_seconds", "nats.forward_timeout_seconds"}
+    env = {
+        env_pair(key)[0]: str(high - 1 if key in below else high)
+        for key, (_, high, _) in INT_RANGES.items()
+    }
+    for rule in ("session_lock", "message_route", "chat_route"):
+        env[f"DAISI_WS_ADAPTIVE_TTL_{rule.upper()}_ENABLED"] = "true"
+        for name in ADAPTIVE_INT_FIELDS:
+            env[env_pair(f"adaptive_ttl.{rule}.{name}")[0]] = str(INT_MAX)
+    settings = load(tmp_path, **env)
+    for key, (_, high, _) in INT_RANGES.items():
+        assert get(settings, key) == (high - 1 if key in below else high), key
+    assert settings.app.websocket_message_buffer_size == 268435455
+    assert settings.adaptive_ttl.chat_route == AdaptiveRule(True, *[INT_MAX] * 5)
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+@pytest.mark.parametrize("field", ADAPTIVE_INT_FIELDS)
+@pytest.mark.parametrize("too_big", [str(INT_MAX + 1), HUGE])
+def test_adaptive_upper_bound_even_when_disabled(
+    tmp_path: Path, enabled: str, field: str, too_big: str
+) -> None:
+    key = f"adaptive_ttl.chat_route.{field}"
+    env = {"DAISI_WS_ADAPTIVE_TTL_CHAT_ROUTE_ENABLED": enabled, env_pair(key)[0]: too_big}
+    assert_invalid(tmp_path, key, f"must be an integer between 1 and {INT_MAX}", **env)
+
+
+def test_tokencache_and_sendqueue_take_the_maxima() -> None:
+    """The compiled (and pure) classes the maxima feed accept them: no OverflowError later."""
+    from daisi_ws.hotpath import DropStats, SendQueue, TokenCache
+
+    assert TokenCache(INT_MAX).max_entries == INT_MAX
+    queue = SendQueue(BUFFER_MAX, 2, DropStats())  # policy `block`: 8 x capacity frames
+    assert queue.capacity * 8 <= INT_MAX
+
+
+def test_yaml_tagged_int_out_of_range(tmp_path: Path) -> None:
+    err = load_error(tmp_path, f"app:\n  max_message_bytes: !!int {'9' * 4000}\n")
+    assert str(err) == f"app.max_message_bytes: must be an integer between 1 and {INT_MAX}"
 
 
 @pytest.mark.parametrize(
