@@ -461,6 +461,18 @@ def _parse(key: _Key, raw: object) -> object:
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose plain scalars stay text (only null and merge keys are resolved)."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # An explicit tag whose constructor refuses the text (`!!int abc`, `!!int` with more
+        # than 4300 digits, `!!timestamp 2020-13-45`) raises ValueError and the like: report
+        # it as invalid YAML at the node, like any other constructor error.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError):
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a valid {tag} value", node.start_mark
+            ) from None
+
 
 _Loader.yaml_implicit_resolvers = {
     first: [
@@ -514,6 +526,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, object], list[str]]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("config", f"invalid YAML in {path}{where}: {problem}") from None
+    except RecursionError:  # the composer recurses once per nesting level
+        raise ConfigError("config", f"invalid YAML in {path}: nested too deeply") from None
     values: dict[str, object] = {}
     warnings: list[str] = []
     if data is None:

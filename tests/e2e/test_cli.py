@@ -115,6 +115,14 @@ def test_integer_too_big_exits_2_with_one_line(tmp_path: Path, command: str, env
     assert (result.returncode, result.stdout, result.stderr) == (2, "", f"config error: {line}\n")
 
 
+def test_deeply_nested_yaml_exits_2_with_one_line(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("app:\n  allowed_origins: " + "[" * 3000 + "\n")
+    result = run("check-config", "--config", str(deep), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"config error: config: invalid YAML in {deep}: nested too deeply\n"
+
+
 async def test_sighup_with_a_huge_integer_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("log:\n  level: info\n")

@@ -910,9 +910,34 @@ def test_tokencache_and_sendqueue_take_the_maxima() -> None:
     assert queue.capacity * 8 <= INT_MAX
 
 
+@pytest.mark.parametrize(
+    ("tagged", "tag"),
+    [
+        ("!!int abc", "!!int"),
+        (f"!!int {HUGE}", "!!int"),
+        ("!!float abc", "!!float"),
+        ("!!timestamp 2020-13-45", "!!timestamp"),
+    ],
+)
+def test_yaml_tagged_value_its_constructor_refuses(tmp_path: Path, tagged: str, tag: str) -> None:
+    err = load_error(tmp_path, f"server:\n  http_port: {tagged}\n")
+    path = tmp_path / "config.yaml"
+    assert (err.key, err.problem) == (
+        "config",
+        f"invalid YAML in {path} at line 2, column 14: not a valid {tag} value",
+    )
+
+
 def test_yaml_tagged_int_out_of_range(tmp_path: Path) -> None:
     err = load_error(tmp_path, f"app:\n  max_message_bytes: !!int {'9' * 4000}\n")
     assert str(err) == f"app.max_message_bytes: must be an integer between 1 and {INT_MAX}"
+
+
+@pytest.mark.parametrize("opener", ["[", "{a: "])
+def test_yaml_nested_too_deeply(tmp_path: Path, opener: str) -> None:
+    err = load_error(tmp_path, "app:\n  allowed_origins: " + opener * 3000 + "\n")
+    path = tmp_path / "config.yaml"
+    assert (err.key, err.problem) == ("config", f"invalid YAML in {path}: nested too deeply")
 
 
 @pytest.mark.parametrize(
