@@ -86,8 +86,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a command-line argument with bytes that are not UTF-8 (lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def cmd_token(args: argparse.Namespace) -> int:
-    from daisi_ws.auth.tokens import TokenCipher, mint_admin_token, mint_user_token, parse_aes_key
+    from daisi_ws.auth.tokens import (
+        MAX_TIME,
+        TokenCipher,
+        mint_admin_token,
+        mint_user_token,
+        parse_aes_key,
+    )
     from daisi_ws.protocol import (
         RESERVED_COMPANY,
         id_violation_text,
@@ -99,10 +114,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.expires_in <= 0:
         sys.stderr.write("error: --expires-in must be a positive number of seconds\n")
         return 2
-    expires = datetime.now(timezone.utc) + timedelta(seconds=args.expires_in)
+    now = datetime.now(timezone.utc)
+    room = MAX_TIME - now  # the server's limit too (SPEC §1.5: "expires_in_seconds is too large.")
+    if args.expires_in > room.days * 86400 + room.seconds:
+        sys.stderr.write("error: --expires-in is too large: the token would expire after the year 9999\n")
+        return 2
+    expires = now + timedelta(seconds=args.expires_in)
     if args.token_kind == "user":
         key = settings.auth.token_aes_key
         for field, value in (("company_id", args.company), ("agent_id", args.agent), ("user_id", args.user)):
+            if not _is_utf8(value):
+                sys.stderr.write(f"error: {field} is not valid UTF-8\n")
+                return 2
             if not is_valid_id(value):
                 sys.stderr.write(f"error: {id_violation_text(field)}\n")
                 return 2
@@ -115,6 +138,15 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(mint_user_token(TokenCipher(parse_aes_key(key)), args.company, args.agent, args.user, expires))
         return 0
     key = settings.auth.admin_token_aes_key
+    for field, value in (
+        ("admin_id", args.admin_id),
+        ("subscribed_company_id", args.subscribed_company),
+        ("subscribed_agent_id", args.subscribed_agent),
+        ("company_id_restriction", args.company_restriction),
+    ):
+        if not _is_utf8(value):
+            sys.stderr.write(f"error: {field} is not valid UTF-8\n")
+            return 2
     if not is_valid_id(args.admin_id):
         sys.stderr.write(f"error: {id_violation_text('admin_id')}\n")
         return 2

@@ -271,6 +271,35 @@ def test_publish_errors(server: ServerProcess, tmp_path: Path) -> None:
     assert unreachable.returncode == 1 and unreachable.stderr
 
 
+def test_token_expiring_after_year_9999_is_refused(tmp_path: Path) -> None:
+    """As the server's /generate-token ("expires_in_seconds is too large."): exit 2, no traceback."""
+    line = "error: --expires-in is too large: the token would expire after the year 9999\n"
+    for args in (
+        ["user", "--company", "c", "--agent", "a", "--user", "u"],
+        ["admin", "--admin-id", "x"],
+    ):
+        for seconds in ("315537897600", "9" * 30):
+            result = run("token", *args, "--expires-in", seconds, env=Keys().env(), cwd=tmp_path)
+            assert (result.returncode, result.stdout, result.stderr) == (2, "", line)
+    # about 7,900 years still ends before 9999
+    result = run("token", "admin", "--admin-id", "x", "--expires-in", "250000000000", env=Keys().env(), cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["user", "--company", "c\udcff", "--agent", "a", "--user", "u"], "company_id"),
+        (["user", "--company", "c", "--agent", "a", "--user", "\udcff"], "user_id"),
+        (["admin", "--admin-id", "x\udcff"], "admin_id"),
+        (["admin", "--admin-id", "x", "--subscribed-agent", "\udcff"], "subscribed_agent_id"),
+    ],
+)
+def test_token_id_with_undecodable_bytes_exits_2(tmp_path: Path, args: list[str], field: str) -> None:
+    result = run("token", *args, env=Keys().env(), cwd=tmp_path)  # \udcff: byte 0xff in argv
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"error: {field} is not valid UTF-8\n")
+
+
 # --- "Done when": no configuration at all ----------------------------------------------------------------
 async def test_serve_without_keys_prints_a_working_example(tmp_path: Path) -> None:
     proc = ServerProcess(cwd=tmp_path)
