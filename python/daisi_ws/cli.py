@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -174,17 +176,51 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be POSTed to by urllib, or None."""
+    if not url.isascii() or not url.isprintable() or any(ch.isspace() for ch in url):
+        return "only ASCII characters without spaces are allowed (percent-encode or punycode the rest)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "expected http://HOST[:PORT] or https://HOST[:PORT]"
+    return None
+
+
+def _header_safe(value: str) -> bool:
+    """Whether `value` fits an HTTP header: http.client sends it as Latin-1, and a control
+    character other than tab is not allowed (a line break would even end the header)."""
+    return all(ch == "\t" or (" " <= ch <= "\xff" and ch != "\x7f") for ch in value)
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         sys.stderr.write(f"error: payload is not valid JSON: {exc}\n")
         return 2
+    if not _is_utf8(args.payload):
+        sys.stderr.write("error: payload is not valid UTF-8\n")
+        return 2
+    if args.url:  # empty: the default, as before
+        problem = _url_problem(args.url)
+        if problem:
+            sys.stderr.write(f"error: --url {args.url!r} is not a valid URL: {problem}\n")
+            return 2
     settings = _settings(args.config)
     url = (args.url or f"http://127.0.0.1:{settings.server.http_port}").rstrip("/") + "/api/publish"
     api_key = args.api_key or settings.auth.admin_secret_token
     if not api_key:
         sys.stderr.write("error: no admin API key: pass --api-key or set DAISI_WS_AUTH_ADMIN_SECRET_TOKEN\n")
+        return 2
+    if not _header_safe(api_key):
+        source = "--api-key" if args.api_key else "auth.admin_secret_token"
+        sys.stderr.write(
+            f"error: {source} cannot be sent in the X-API-Key header: only Latin-1 characters other than controls can\n"
+        )
         return 2
     del payload  # only validated: the server publishes the payload text as typed (SPEC §1.7)
     body = f'{{"subject":{json.dumps(args.subject)},"payload":{args.payload.strip()}}}'.encode()
@@ -200,6 +236,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 1
     except (urllib.error.URLError, OSError) as exc:
         sys.stderr.write(f"error: cannot reach {url}: {exc}\n")
+        return 1
+    except http.client.HTTPException as exc:  # e.g. not an HTTP server at that port
+        sys.stderr.write(f"error: no valid HTTP response from {url}: {exc!r}\n")
         return 1
 
 

@@ -11,7 +11,9 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -298,6 +300,65 @@ def test_token_expiring_after_year_9999_is_refused(tmp_path: Path) -> None:
 def test_token_id_with_undecodable_bytes_exits_2(tmp_path: Path, args: list[str], field: str) -> None:
     result = run("token", *args, env=Keys().env(), cwd=tmp_path)  # \udcff: byte 0xff in argv
     assert (result.returncode, result.stdout, result.stderr) == (2, "", f"error: {field} is not valid UTF-8\n")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("foo", "expected http://HOST[:PORT] or https://HOST[:PORT]"),
+        ("ftp://127.0.0.1:1", "expected http://HOST[:PORT] or https://HOST[:PORT]"),
+        ("http://", "expected http://HOST[:PORT] or https://HOST[:PORT]"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:99999", "Port out of range 0-65535"),
+        ("http://127.0.0.1:abc", "Port could not be cast to integer value as 'abc'"),
+        ("http://127.0.0.1:1/a b", "only ASCII characters without spaces are allowed (percent-encode or punycode the rest)"),
+        ("http://пример.рф", "only ASCII characters without spaces are allowed (percent-encode or punycode the rest)"),
+    ],
+)
+def test_publish_bad_url_exits_2_with_one_line(tmp_path: Path, url: str, problem: str) -> None:
+    result = run("publish", "--api-key", "k", "--url", url, "websocket.c.a.chats", "{}", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: --url {url!r} is not a valid URL: {problem}\n"
+
+
+@pytest.mark.parametrize("key", ["ключ", "a\nb", "bell\x07", "del\x7f"])
+@pytest.mark.parametrize("source", ["--api-key", "auth.admin_secret_token"])
+def test_publish_key_that_no_header_can_carry_exits_2(tmp_path: Path, key: str, source: str) -> None:
+    if source == "--api-key":
+        result = run("publish", "--api-key", key, "--url", "http://127.0.0.1:1", "websocket.c.a.chats", "{}", cwd=tmp_path)
+    else:
+        env = {"DAISI_WS_AUTH_ADMIN_SECRET_TOKEN": key}
+        result = run("publish", "--url", "http://127.0.0.1:1", "websocket.c.a.chats", "{}", env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: {source} cannot be sent in the X-API-Key header: only Latin-1 characters other than controls can\n"
+    assert key not in result.stderr  # a secret is never echoed
+
+
+def test_publish_payload_with_undecodable_bytes_exits_2(tmp_path: Path) -> None:
+    payload = '{"a":"\udcff"}'  # byte 0xff in argv: not UTF-8
+    result = run("publish", "--api-key", "k", "--url", "http://127.0.0.1:1", "websocket.c.a.chats", payload, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", "error: payload is not valid UTF-8\n")
+
+
+def test_publish_to_something_that_is_not_http_exits_1(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"garbage\r\n\r\n")
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    try:
+        result = run("publish", "--api-key", "k", "--url", f"http://127.0.0.1:{port}", "websocket.c.a.chats", "{}", cwd=tmp_path)
+    finally:
+        thread.join(5)
+        listener.close()
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: no valid HTTP response from http://127.0.0.1:{port}/api/publish: BadStatusLine('garbage\\r\\n')\n"
 
 
 # --- "Done when": no configuration at all ----------------------------------------------------------------
