@@ -210,7 +210,14 @@ def print_ephemeral_banner(settings: Settings, port: int, generated: dict[str, s
     cipher = TokenCipher(parse_aes_key(a.token_aes_key))
     expires = datetime.now(timezone.utc) + timedelta(hours=24)
     token = mint_user_token(cipher, "demo", "demo", "demo", expires)
-    url = f"ws://127.0.0.1:{port}/ws/demo/demo?token={quote(token, safe='')}&x-api-key={quote(a.secret_token, safe='')}"
+
+    def shown(dotted: str, value: str) -> str:
+        """A generated key as it is; a configured one stays a secret (a placeholder)."""
+        return value if dotted in generated else f"<{dotted}>"
+
+    api_key = shown("auth.secret_token", quote(a.secret_token, safe=""))
+    admin_key = shown("auth.admin_secret_token", a.admin_secret_token)
+    url = f"ws://127.0.0.1:{port}/ws/demo/demo?token={quote(token, safe='')}&x-api-key={api_key}"
     lines = [
         "",
         "=" * 78,
@@ -225,7 +232,7 @@ def print_ephemeral_banner(settings: Settings, port: int, generated: dict[str, s
         f"  {url}",
         "",
         "then publish an event to it:",
-        f"  daisi-ws publish --url http://127.0.0.1:{port} --api-key {a.admin_secret_token} \\",
+        f"  daisi-ws publish --url http://127.0.0.1:{port} --api-key '{admin_key}' \\",
         "    websocket.demo.demo.chats '{\"event_id\":\"e1\",\"row_data\":{\"hello\":\"world\"}}'",
         "",
         "Set auth.* (or DAISI_WS_AUTH_* env vars) to keep keys across restarts.",

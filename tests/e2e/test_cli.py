@@ -400,3 +400,19 @@ async def test_serve_without_keys_prints_a_working_example(tmp_path: Path) -> No
         proc.stop(10)
         proc.kill()
     assert proc.proc is not None and proc.proc.returncode == 0
+
+
+def test_the_example_never_prints_a_configured_key(tmp_path: Path) -> None:
+    """Embedded mode with the API keys configured but no AES keys: only the generated keys are
+    shown; the example names the configured ones instead of printing them (SPEC §9.2)."""
+    proc = ServerProcess(cwd=tmp_path)
+    for name in ("DAISI_WS_AUTH_TOKEN_AES_KEY", "DAISI_WS_AUTH_ADMIN_TOKEN_AES_KEY"):
+        proc.env.pop(name)
+    with proc:
+        assert wait_for(lambda: sum("=" * 78 in line for line in proc.stderr) >= 2, timeout=5)
+        banner = "".join(proc.stderr)
+        assert proc.keys.api not in banner and proc.keys.admin_api not in banner
+        assert re.search(r"^\s+auth\.token_aes_key = [0-9a-f]{64}$", banner, re.M)
+        assert "auth.secret_token =" not in banner
+        assert re.search(r"^\s+ws://127\.0\.0\.1:\d+/ws/demo/demo\?token=\S+&x-api-key=<auth\.secret_token>$", banner, re.M)
+        assert "--api-key '<auth.admin_secret_token>'" in banner
