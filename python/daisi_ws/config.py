@@ -686,7 +686,8 @@ def _check_pod_id(settings: Settings) -> None:
         raise ConfigError("server.pod_id", f"must be at most {_MAX_POD_ID} characters")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in pod_id):
         raise ConfigError("server.pod_id", "must not contain whitespace or control characters")
-    if settings.nats.delivery == "queue" and not _SAFE_ID_RE.fullmatch(pod_id):
+    # queue mode's forward subject carries the pod id; embedded mode has no queue (SPEC §7.6)
+    if settings.nats.delivery == "queue" and not settings.embedded and not _SAFE_ID_RE.fullmatch(pod_id):
         raise ConfigError(
             "server.pod_id", "must contain only A-Z, a-z, 0-9, '_' and '-' in queue mode"
         )

@@ -1042,6 +1042,8 @@ def test_pod_id_no_whitespace_or_control(tmp_path: Path, pod_id: str) -> None:
 @pytest.mark.parametrize("pod_id", ["pod.1", "pod:1", "pod*", "pod>", "pöd"])
 def test_pod_id_queue_mode_charset(tmp_path: Path, pod_id: str) -> None:
     assert load(tmp_path, SERVER_POD_ID=pod_id).server.pod_id == pod_id  # interest: fine
+    # embedded mode ignores nats.delivery (SPEC §7.6), so its queue-mode rule too
+    assert load(tmp_path, SERVER_POD_ID=pod_id, NATS_DELIVERY="queue").server.pod_id == pod_id
     err = load_error(tmp_path, SERVER_POD_ID=pod_id, NATS_DELIVERY="queue", **SHARED)
     assert err.key == "server.pod_id"
     assert "queue mode" in err.problem
