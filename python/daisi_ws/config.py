@@ -383,12 +383,17 @@ _HEX64_RE = re.compile(r"[0-9A-Fa-f]{64}")
 _SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+_DESCRIBE_MAX = 80
+
+
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
-    return repr(value)
+    text = repr(value)
+    # the error is one stderr line; a pasted blob need not come back whole
+    return text if len(text) <= _DESCRIBE_MAX else f"{text[:_DESCRIBE_MAX - 15]}... ({len(text)} chars)"
 
 
 def _parse_int(key: str, raw: object) -> int:

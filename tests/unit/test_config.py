@@ -1316,3 +1316,8 @@ def test_needs_restart_helper() -> None:
 
 def test_loader_does_not_change_global_yaml() -> None:
     assert yaml.safe_load("a: 1\nb: yes\nc: 0123\n") == {"a": 1, "b": True, "c": 83}
+
+
+def test_a_long_bad_value_is_shortened_in_the_error(tmp_path: Path) -> None:
+    err = load_error(tmp_path, DAISI_WS_APP_PING_INTERVAL_SECONDS="x" * 10_000)
+    assert str(err) == f"app.ping_interval_seconds: must be an integer, got '{'x' * 64}... (10002 chars)"
