@@ -6,10 +6,12 @@ first bytes arrive."""
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.helpers import raw_http
+from tests.e2e.helpers import READY, client_frame, raw_http, ws_path
 from tests.support import ServerProcess
 
 Response = tuple[int, dict[str, str], bytes]
@@ -55,3 +57,133 @@ def test_thousands_of_pipelined_requests_in_one_write_are_all_answered(server: S
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:  # still serving
         s.sendall(pipelined("/health", 1))
         assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+# --- a client that pipelines and does not read ----------------------------------------------------
+READ_TIMEOUT = 4
+IDLE_TIMEOUT = 6
+
+
+@pytest.fixture(scope="module")
+def timed_server() -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        {"DAISI_WS_APP_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT), "DAISI_WS_APP_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT)}
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop(10)
+        proc.kill()
+
+
+def rss_kib(server: ServerProcess) -> int:
+    assert server.proc is not None
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def small_socket(port: int) -> socket.socket:
+    """A client socket with a small receive buffer (the kernel holds few of our answers)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def push_for(s: socket.socket, blob: bytes, seconds: float) -> tuple[int, float]:
+    """Send `blob` again and again for `seconds`: (bytes the server took, seconds since the
+    last byte it took)."""
+    s.settimeout(0.1)
+    view = memoryview(blob)
+    sent, pos = 0, 0
+    now = last = time.monotonic()
+    deadline = now + seconds
+    while now < deadline:
+        try:
+            n = s.send(view[pos:])
+        except TimeoutError:
+            n = 0
+        now = time.monotonic()
+        if n:
+            sent += n
+            pos = (pos + n) % len(view)
+            last = now
+    return sent, now - last
+
+
+def read_until_closed(s: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes (EOF or reset); (data, closed in time)."""
+    s.settimeout(timeout)
+    data = bytearray()
+    try:
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return bytes(data), False
+    return bytes(data), True
+
+
+def test_a_client_that_does_not_read_its_answers_is_no_longer_read(timed_server: ServerProcess) -> None:
+    """Answers wait in the transport only up to its high-water mark: then the server stops
+    answering and reading (the client's sends block), memory stays flat; the idle timeout then
+    ends the connection although the client never reads (close() alone would wait for it)."""
+    server = timed_server
+    rss0 = rss_kib(server)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    with small_socket(server.port) as s:
+        sent, stalled = push_for(s, request * 1000, seconds=2)
+        assert stalled > 1, "the server kept reading requests while nobody read the answers"
+        time.sleep(2)  # neither sending nor reading: tens of thousands of requests are buffered
+        grown = rss_kib(server) - rss0
+        print(f"sent {sent} bytes, stalled {stalled:.1f} s, server RSS +{grown} KiB")
+        assert grown < 4 * 1024, "answers nobody reads piled up in the server"
+        time.sleep(max(READ_TIMEOUT, IDLE_TIMEOUT) - 2 + 1.5)  # still not reading
+        data, closed = read_until_closed(s, timeout=5)
+        assert closed, "the connection outlived its timeouts"
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert len(parse_responses(data)) < sent // len(request)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:  # still serving
+        s.sendall(pipelined("/health", 1))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_an_upgrade_behind_answers_the_client_has_not_read_yet_opens_a_working_socket(timed_server: ServerProcess) -> None:
+    """The upgrade is reached once the client reads (the transport paused, then resumed): all
+    answers, then 101 and ready, in order; then the socket answers a ping."""
+    server = timed_server
+    n = 600  # 13 KB each: more than the kernel buffers and the transport's high-water mark
+    token = server.keys.user_token("pipe", "a", "u")
+    upgrade = (
+        f"GET {ws_path('pipe', 'a', token, server.keys.api)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    with small_socket(server.port) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * n + upgrade + client_frame(0x9, b"early"))
+        time.sleep(1)  # not reading: the server pauses
+        s.settimeout(10)
+        data = bytearray()
+        at = head_end = -1
+        while head_end < 0:
+            chunk = s.recv(1 << 20)
+            assert chunk, "closed before the 101"
+            data += chunk
+            if at < 0:
+                at = data.find(b"HTTP/1.1 101 ", max(0, len(data) - len(chunk) - 16))
+            if at >= 0 and (head_end := data.find(b"\r\n\r\n", at)) >= 0:
+                head_end += 4
+        replies = parse_responses(bytes(data[:at]))
+        assert len(replies) == n and {r[0] for r in replies} == {200}
+        frames = bytes(data[head_end:])
+        ready = b"\x81" + bytes([len(READY)]) + READY.encode()
+        pong = b"\x8a\x05early"
+        deadline = time.monotonic() + 5
+        while len(frames) < len(ready) + len(pong) and time.monotonic() < deadline:
+            frames += s.recv(65536)
+        assert frames == ready + pong  # ready first, then the answer to the ping sent with the handshake
+        s.sendall(client_frame(0x9, b"later"))
+        assert s.recv(65536) == b"\x8a\x05later"

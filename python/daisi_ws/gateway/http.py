@@ -374,7 +374,19 @@ def header_block_size(event: h11.Request) -> int:
 
 # --- the per-TCP-connection protocol -------------------------------------------------------
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_busy", "_draining", "_req", "_timer", "conn", "gw", "lost", "transport", "upgraded")
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_draining",
+        "_req",
+        "_timer",
+        "_write_paused",
+        "conn",
+        "gw",
+        "lost",
+        "transport",
+        "upgraded",
+    )
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -387,6 +399,9 @@ class HttpProtocol(asyncio.Protocol):
         self.lost = False
         self.upgraded = False
         self._draining = False  # answered 413: discard the rest of the body, then close
+        # The transport's buffer is over its high-water mark (the client does not read our
+        # answers): no further request is answered and nothing more is read until it drains.
+        self._write_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: Any) -> None:
@@ -418,6 +433,27 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timer()
         self.gw.http_conns.discard(self)
 
+    # Backpressure: a client that pipelines requests and does not read the answers would
+    # otherwise make us buffer answers without bound. While the transport is paused no request
+    # is answered and the socket is not read; the read/idle timer keeps running and ends it.
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if not self._draining:  # a lingering close keeps discarding what arrives
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy and not self.lost:
+            # Not from inside the transport's write callback: an answer that closes the
+            # connection there would have asyncio end the connection twice.
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self._write_paused or self._busy or self.lost:
+            return
+        self.transport.resume_reading()
+        self._pump()
+
     # timers: read timeout while a request arrives, idle timeout between requests
     def _arm(self, seconds: float) -> None:
         self._cancel_timer()
@@ -431,7 +467,11 @@ class HttpProtocol(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if not self.upgraded and not self._busy:
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # close() would wait for a client that does not read: it could wait forever
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def close_idle(self) -> None:
         """Shutdown: close keep-alive connections that are between requests."""
@@ -447,7 +487,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         conn = self.conn
         transport = self.transport
-        while not self._busy and not self.lost and not transport.is_closing():
+        while not (self._busy or self._write_paused or self.lost or transport.is_closing()):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -524,9 +564,10 @@ class HttpProtocol(asyncio.Protocol):
             reply = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
         if self.lost:
             return
-        self.transport.resume_reading()
         self._send(reply, req.request_id)
-        self._pump()  # requests pipelined behind this one
+        if not self._write_paused:
+            self.transport.resume_reading()
+            self._pump()  # requests pipelined behind this one
 
     def _send(self, reply: HttpReply, request_id: str, close: bool = False) -> None:
         if self.lost:
@@ -556,6 +597,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         if close or conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self._arm(self.gw.settings.app.idle_timeout_seconds)  # then abort, if still unread
             return
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()  # the caller pumps the next request, if any
@@ -589,6 +632,10 @@ class HttpProtocol(asyncio.Protocol):
         conn = Connection(gw, proto, upgrade.kind, upgrade.session_key, upgrade.claims, request_id, bits)
         transport.set_protocol(conn)
         conn.connection_made(transport)
+        if self._write_paused:
+            # the transport tells only its current protocol when its buffer drains: the socket
+            # starts paused, and its resume_writing() will come
+            conn.pause_writing()
         self.conn = None  # type: ignore[assignment]
         # The 101 goes through the socket's queue: it leaves with the ready frame in one write.
         gw.hub.send(conn, response.serialize())
@@ -596,7 +643,8 @@ class HttpProtocol(asyncio.Protocol):
         if trailing:
             conn.flush()  # the 101 and ready precede anything the early frames make us send
             conn.data_received(bytes(trailing))
-        transport.resume_reading()
+        if not conn._read_blocked:  # paused by its own backpressure: it resumes reading itself
+            transport.resume_reading()
         return conn
 
 
