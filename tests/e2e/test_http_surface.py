@@ -210,6 +210,94 @@ def test_body_of_exactly_1_mib_is_read(server: ServerProcess) -> None:
     assert http_request(server.http + "/health")[0] == 200
 
 
+GENERAL_MISSING = ("InvalidAPIKey", "API key is required", "Provide API key in X-API-Key header or x-api-key query parameter.")
+GENERAL_WRONG = ("InvalidAPIKey", "Invalid API key", "The provided API key is not valid.")
+ADMIN_MISSING = ("E4001", "Admin API key is required", "Provide admin API key in X-API-Key header or x-api-key query parameter.")
+ADMIN_WRONG = ("E4003", "Invalid admin API key", "The provided admin API key is not valid.")
+HANDSHAKE = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+
+def announce_big_body(server: ServerProcess, request_line: str, headers: str = "", chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """A request announcing a body over 1 MiB: Content-Length 2000000 and no body at all, or
+    chunked with 1 MiB + 1 byte sent. The answer must come (and the server close) all the same."""
+    if chunked:
+        piece = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
+        body = b"Transfer-Encoding: chunked\r\n\r\n" + piece * 16 + b"1\r\n \r\n"
+    else:
+        body = b"Content-Length: 2000000\r\n\r\n"
+    raw = raw_http(server.port, f"{request_line} HTTP/1.1\r\nHost: x\r\n{headers}".encode() + body, timeout=5)
+    assert raw, "no answer"
+    status, response_headers, reply = split_response(raw)
+    assert response_headers["connection"] == "close"
+    return status, response_headers, reply
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("request_line", "key", "expected"),
+    [
+        ("POST /generate-token", None, (401, *GENERAL_MISSING)),
+        ("POST /generate-token", "wrong", (401, *GENERAL_WRONG)),
+        ("POST /generate-token", "admin", (401, *GENERAL_WRONG)),
+        ("POST /admin/generate-token", None, (401, *ADMIN_MISSING)),
+        ("POST /admin/generate-token", "wrong", (403, *ADMIN_WRONG)),
+        ("POST /api/publish", None, (401, *ADMIN_MISSING)),
+        ("POST /api/publish", "general", (403, *ADMIN_WRONG)),
+    ],
+)
+def test_a_bad_api_key_is_answered_before_a_body_over_1_mib(
+    server: ServerProcess, request_line: str, key: str | None, expected: tuple[int, str, str, str], chunked: bool
+) -> None:
+    """SPEC §1.2: the API key is checked first on every authenticated endpoint (the 413 came
+    before it); the body is neither waited for nor buffered."""
+    value = {"admin": server.keys.admin_api, "general": server.keys.api}.get(key or "", key)
+    headers = f"X-API-Key: {value}\r\nX-Request-ID: big-2\r\n" if value else "X-Request-ID: big-2\r\n"
+    reply = announce_big_body(server, request_line, headers, chunked)
+    assert_json_error(reply, *expected)
+    assert reply[1]["x-request-id"] == "big-2"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("request_line", "status", "body"),
+    [
+        ("POST /nope", 404, NOT_FOUND),
+        ("GET /generate-token", 405, NOT_ALLOWED),
+        ("PUT /api/publish", 405, NOT_ALLOWED),
+        ("POST /health", 405, NOT_ALLOWED),
+        ("POST /ws/c/a", 405, NOT_ALLOWED),
+        ("GET /health", 200, b'{"status":"OK"}\n'),
+        ("HEAD /healthz", 200, b""),
+        ("GET /ready", 200, b'{"status":"READY","dependencies":{"nats":"embedded","redis":"embedded"}}\n'),
+    ],
+)
+def test_routes_answer_as_usual_whatever_the_body_size(
+    server: ServerProcess, request_line: str, status: int, body: bytes, chunked: bool
+) -> None:
+    """404/405 come before the body size; the routes that ignore bodies (§1.3: health is
+    always 200) answer as they do without one."""
+    reply = announce_big_body(server, request_line, chunked=chunked)
+    assert (reply[0], reply[2]) == (status, body)
+
+
+def test_a_big_body_on_a_socket_request_is_checked_after_the_key_and_token(server: ServerProcess) -> None:
+    token = server.keys.user_token("c", "a", "u")
+    status, _, body = announce_big_body(server, f"GET {ws_path('c', 'a', token, None)}")
+    assert status == 401 and json.loads(body)["message"] == "API key is required"
+    status, _, body = announce_big_body(server, f"GET {ws_path('c', 'a', 'garbage', server.keys.api)}")
+    assert status == 403 and json.loads(body)["message"] == "Company token is invalid or malformed."
+    # every check passed: a handshake does not carry a body, and nothing is upgraded
+    reply = announce_big_body(server, f"GET {ws_path('c', 'a', token, server.keys.api)}", HANDSHAKE)
+    assert_json_error(reply, 413, *TOO_LARGE)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_good_key_and_a_body_over_1_mib_is_413_then_close(server: ServerProcess, chunked: bool) -> None:
+    reply = announce_big_body(server, "POST /api/publish", f"X-API-Key: {server.keys.admin_api}\r\n", chunked)
+    assert_json_error(reply, 413, *TOO_LARGE)
+    assert http_request(server.http + "/health")[0] == 200
+
+
 # --- percent-decoded path segments (SPEC §1.1) ---------------------------------------------------
 @pytest.mark.parametrize(
     ("raw_company", "raw_agent", "company", "agent"),

@@ -89,6 +89,10 @@ def method_not_allowed(allow: str) -> HttpReply:
     return text_reply(405, "Method Not Allowed\n", [(b"allow", allow.encode())])
 
 
+def body_too_large() -> HttpReply:
+    return error_reply(413, BAD_REQUEST, "Request body too large", "Maximum is 1048576 bytes.")
+
+
 # --- API keys (SPEC §1.2) ------------------------------------------------------------------
 GENERAL_KEY_ERRORS = {
     "missing": (401, INVALID_API_KEY, "API key is required", "Provide API key in X-API-Key header or x-api-key query parameter."),
@@ -152,8 +156,13 @@ def auth_error_reply(exc: AuthError) -> HttpReply:
 GET_HEAD = "GET, HEAD"
 
 
-def route(gw: Gateway, req: Req) -> HttpReply | Upgrade | Awaitable[HttpReply]:
-    """A reply, an awaitable of one, or an Upgrade for a WebSocket that passed steps 1-7."""
+def route(gw: Gateway, req: Req, too_large: bool = False) -> HttpReply | Upgrade | Awaitable[HttpReply]:
+    """A reply, an awaitable of one, or an Upgrade for a WebSocket that passed steps 1-7.
+
+    `too_large`: the body is over 1 MiB and was not read. Every check that comes first (path,
+    method, API key, and for sockets the token and Origin) answers as usual, a route that
+    ignores bodies too; what would use the body (or open a socket) gets 413.
+    """
     path, method = req.path, req.method
     if path in ("/health", "/healthz", "/ready", "/metrics"):
         if method not in ("GET", "HEAD"):
@@ -166,15 +175,21 @@ def route(gw: Gateway, req: Req) -> HttpReply | Upgrade | Awaitable[HttpReply]:
     if path == "/generate-token":
         if method != "POST":
             return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.secret_token, GENERAL_KEY_ERRORS) or mint(gw, req, admin=False)
+        return check_key(req, gw.settings.auth.secret_token, GENERAL_KEY_ERRORS) or (
+            body_too_large() if too_large else mint(gw, req, admin=False)
+        )
     if path == "/admin/generate-token":
         if method != "POST":
             return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or mint(gw, req, admin=True)
+        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or (
+            body_too_large() if too_large else mint(gw, req, admin=True)
+        )
     if path == "/api/publish":
         if method != "POST":
             return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or publish(gw, req)
+        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or (
+            body_too_large() if too_large else publish(gw, req)
+        )
     if path.startswith("/ws/"):
         segments = path[4:].split("/")
         if segments == ["admin"]:
@@ -185,7 +200,8 @@ def route(gw: Gateway, req: Req) -> HttpReply | Upgrade | Awaitable[HttpReply]:
             return not_found()
         if method != "GET":
             return method_not_allowed("GET")
-        return websocket_request(gw, req, kind, segments)
+        result = websocket_request(gw, req, kind, segments)
+        return body_too_large() if too_large and isinstance(result, Upgrade) else result
     return not_found()
 
 
@@ -398,7 +414,8 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.lost = False
         self.upgraded = False
-        self._draining = False  # answered 413: discard the rest of the body, then close
+        # The body is over 1 MiB: after the answer, discard the rest of it, then close.
+        self._draining = False
         # The transport's buffer is over its high-water mark (the client does not read our
         # answers): no further request is answered and nothing more is read until it drains.
         self._write_paused = False
@@ -487,7 +504,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         conn = self.conn
         transport = self.transport
-        while not (self._busy or self._write_paused or self.lost or transport.is_closing()):
+        while not (self._busy or self._write_paused or self._draining or self.lost or transport.is_closing()):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -504,15 +521,17 @@ class HttpProtocol(asyncio.Protocol):
                 self._body = bytearray()
                 length = self._req.headers.get("content-length")
                 if length is not None and length.isdigit() and int(length) > MAX_BODY:
-                    self._too_large()
+                    self._oversize(self._req)  # answered before the body is sent
                     return
                 if conn.they_are_waiting_for_100_continue:  # e.g. curl: do not make it wait
                     self.transport.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif etype is h11.Data:
-                self._body += event.data  # type: ignore[union-attr]
-                if len(self._body) > MAX_BODY:
-                    self._too_large()
+                data = event.data  # type: ignore[union-attr]
+                if len(self._body) + len(data) > MAX_BODY:  # chunked: the length was not known
+                    assert self._req is not None
+                    self._oversize(self._req)
                     return
+                self._body += data
             elif etype is h11.EndOfMessage:
                 req = self._req
                 assert req is not None
@@ -532,19 +551,23 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def _too_large(self) -> None:
-        reply = error_reply(413, BAD_REQUEST, "Request body too large", "Maximum is 1048576 bytes.")
-        rid = self._req.request_id if self._req else str(uuid.uuid4())
-        # Lingering close: closing with the client's body still arriving would reset the
-        # connection before it reads the 413. Answer, send FIN, discard input for a while.
-        self._draining = True
-        self._send(reply, rid, close=True)
+    def _oversize(self, req: Req) -> None:
+        """The body is over 1 MiB: never buffered, and not needed for the checks that come
+        first (SPEC §1.2: the API key before anything else), so the request is answered
+        without it (route(too_large=True)), then the connection is closed.
 
-    def _handle(self, req: Req) -> None:
+        Lingering close: closing with the client's body still arriving would reset the
+        connection before it reads the answer. Answer, send FIN, discard input for a while.
+        """
+        self._draining = True
+        self._body = bytearray()
+        self._handle(req, too_large=True)
+
+    def _handle(self, req: Req, too_large: bool = False) -> None:
         self._busy = True
         self._cancel_timer()
         try:
-            result = route(self.gw, req)
+            result = route(self.gw, req, too_large)
         except Exception as exc:
             self.gw.log.error("request failed", request_id=req.request_id, error=repr(exc), path=req.path)
             result = error_reply(500, INTERNAL_SERVER_ERROR, "An unexpected error occurred.", "Internal server error.")
@@ -573,6 +596,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.lost:
             return
         conn = self.conn
+        close = close or self._draining
         headers = [
             *reply.headers,
             (b"content-length", str(len(reply.body)).encode()),
