@@ -187,3 +187,77 @@ def test_an_upgrade_behind_answers_the_client_has_not_read_yet_opens_a_working_s
         assert frames == ready + pong  # ready first, then the answer to the ping sent with the handshake
         s.sendall(client_frame(0x9, b"later"))
         assert s.recv(65536) == b"\x8a\x05later"
+
+
+# --- read timeout versus idle timeout --------------------------------------------------------------
+SHORT_READ = 2
+LONG_IDLE = 8
+
+
+@pytest.fixture(scope="module")
+def idle_server() -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        {"DAISI_WS_APP_READ_TIMEOUT_SECONDS": str(SHORT_READ), "DAISI_WS_APP_IDLE_TIMEOUT_SECONDS": str(LONG_IDLE)}
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop(10)
+        proc.kill()
+
+
+def trickle_until_closed(s: socket.socket, limit: float) -> float:
+    """Send a header line every half second until the server closes; seconds it took."""
+    t0 = time.monotonic()
+    s.settimeout(0.5)
+    while time.monotonic() - t0 < limit:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+            if s.recv(65536) == b"":
+                break
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    return time.monotonic() - t0
+
+
+def test_the_first_request_has_the_read_timeout(idle_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", idle_server.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        assert SHORT_READ - 0.5 < trickle_until_closed(s, LONG_IDLE + 5) < SHORT_READ + 1.5
+
+
+@pytest.mark.parametrize("pipelined_start", [False, True], ids=["after-the-answer", "with-the-first-request"])
+def test_a_later_request_has_the_read_timeout_from_its_first_byte(idle_server: ServerProcess, pipelined_start: bool) -> None:
+    """Between requests the idle timeout applies; once bytes of the next request arrive, the
+    read timeout does (it was the idle timeout until the connection was cut)."""
+    with socket.create_connection(("127.0.0.1", idle_server.port)) as s:
+        s.settimeout(5)
+        first = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        if pipelined_start:  # and then nothing more: the read timeout runs from its arrival
+            s.sendall(first + b"GET /health HTTP/1.1\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            t0 = time.monotonic()
+            s.settimeout(LONG_IDLE + 5)
+            assert s.recv(65536) == b""
+            assert SHORT_READ - 0.5 < time.monotonic() - t0 < SHORT_READ + 1.5
+        else:
+            s.sendall(first)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            assert SHORT_READ - 0.5 < trickle_until_closed(s, LONG_IDLE + 5) < SHORT_READ + 1.5
+
+
+def test_a_keep_alive_connection_waits_the_idle_timeout_for_the_next_request(idle_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", idle_server.port)) as s:
+        s.settimeout(5)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(SHORT_READ + 1)  # longer than the read timeout, shorter than the idle one
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        t0 = time.monotonic()
+        s.settimeout(LONG_IDLE + 5)
+        assert s.recv(65536) == b""  # then the idle timeout closes it
+        assert LONG_IDLE - 0.5 < time.monotonic() - t0 < LONG_IDLE + 1.5

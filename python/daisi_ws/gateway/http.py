@@ -394,6 +394,7 @@ class HttpProtocol(asyncio.Protocol):
         "_body",
         "_busy",
         "_draining",
+        "_idle",
         "_req",
         "_timer",
         "_write_paused",
@@ -412,6 +413,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body = bytearray()
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._idle = False  # the timer is the idle timeout: no byte of a next request yet
         self.lost = False
         self.upgraded = False
         # The body is over 1 MiB: after the answer, discard the rest of it, then close.
@@ -429,6 +431,8 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.upgraded or self._draining:
             return
+        if self._idle:  # the first bytes of the next request: the read timeout applies now
+            self._arm(self.gw.settings.app.read_timeout_seconds)
         try:
             self.conn.receive_data(data)
         except RuntimeError:
@@ -471,15 +475,24 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.resume_reading()
         self._pump()
 
-    # timers: read timeout while a request arrives, idle timeout between requests
-    def _arm(self, seconds: float) -> None:
+    # Timers: the read timeout from the first byte of a request until it is read (the first
+    # request: from the connection on), the idle timeout between requests (as Go's server).
+    def _arm(self, seconds: float, idle: bool = False) -> None:
         self._cancel_timer()
+        self._idle = idle
         self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
 
     def _cancel_timer(self) -> None:
+        self._idle = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _reading_if_buffered(self) -> None:
+        """Bytes of the next request already buffered (pipelined, or waiting for the client
+        to read our answers): the read timeout applies to it, not the idle timeout."""
+        if self._idle and self.conn.trailing_data[0]:
+            self._arm(self.gw.settings.app.read_timeout_seconds)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -504,13 +517,19 @@ class HttpProtocol(asyncio.Protocol):
         """
         conn = self.conn
         transport = self.transport
-        while not (self._busy or self._write_paused or self._draining or self.lost or transport.is_closing()):
+        while not (self._busy or self._draining or self.lost or transport.is_closing()):
+            if self._write_paused:
+                self._reading_if_buffered()
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 self._protocol_error(exc)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is h11.NEED_DATA:
+                self._reading_if_buffered()
+                return
+            if event is h11.PAUSED:
                 return
             etype = type(event)
             if etype is h11.Request:
@@ -626,7 +645,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()  # the caller pumps the next request, if any
-            self._arm(self.gw.settings.app.idle_timeout_seconds)
+            self._arm(self.gw.settings.app.idle_timeout_seconds, idle=True)
         elif conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
             # an upgrade request answered without 101: no further requests on this connection
             self.transport.close()
