@@ -7,10 +7,13 @@ keys it lacks), so it has no test here.
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.helpers import admin_path, assert_json_error, ws_path
+from tests.e2e.helpers import admin_path, assert_json_error, raw_request, ws_path
 from tests.support import ServerProcess, http_request
 
 GENERAL_MISSING = ("InvalidAPIKey", "API key is required", "Provide API key in X-API-Key header or x-api-key query parameter.")
@@ -142,3 +145,49 @@ def test_key_is_checked_before_the_body(server: ServerProcess) -> None:
     assert_json_error(reply, 401, *GENERAL_WRONG)
     reply = http_request(server.http + "/api/publish", "POST", b"not json")
     assert_json_error(reply, 401, *ADMIN_MISSING)
+
+
+# --- keys beyond ASCII: compared as bytes, as the Go service does ---------------------------------
+UNICODE_API = "clé-secrète"
+UNICODE_ADMIN = "ädmin-ключ"
+
+
+@pytest.fixture(scope="module")
+def unicode_server() -> Iterator[ServerProcess]:
+    proc = ServerProcess({"DAISI_WS_AUTH_SECRET_TOKEN": UNICODE_API, "DAISI_WS_AUTH_ADMIN_SECRET_TOKEN": UNICODE_ADMIN}).start()
+    try:
+        yield proc
+    finally:
+        proc.stop(10)
+        proc.kill()
+
+
+def raw_call(server: ServerProcess, endpoint: str, key_header: bytes | None = None, query: str = "") -> tuple[int, dict[str, str], bytes]:
+    """`call` with the X-API-Key header given as raw bytes (http.client would send latin-1)."""
+    header = b"X-API-Key: " + key_header + b"\r\n" if key_header is not None else b""
+    sep = "?" + query if query else ""
+    if endpoint == "ws-user":
+        target = ws_path("c", "a", server.keys.user_token("c", "a", "u"), None) + ("&" + query if query else "")
+        return raw_request(server.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n".encode() + header + b"\r\n")
+    if endpoint == "ws-admin":
+        target = admin_path(server.keys.admin_token("adm"), None) + ("&" + query if query else "")
+        return raw_request(server.port, f"GET {target} HTTP/1.1\r\nHost: x\r\n".encode() + header + b"\r\n")
+    path, body = {"generate-token": ("/generate-token", MINT_USER), "admin-generate-token": ("/admin/generate-token", MINT_ADMIN),
+                  "publish": ("/api/publish", PUBLISH)}[endpoint]
+    head = f"POST {path}{sep} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+    return raw_request(server.port, head + header + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("endpoint", GENERAL + ADMIN)
+def test_a_non_ascii_key_works_in_the_header_as_its_utf8_bytes(unicode_server: ServerProcess, endpoint: str) -> None:
+    """The header's bytes are compared with the key's UTF-8 bytes (they were decoded as
+    latin-1 and re-encoded as UTF-8: the right bytes were refused, the latin-1 ones accepted)."""
+    key = UNICODE_API if endpoint in GENERAL else UNICODE_ADMIN
+    status, _, body = raw_call(unicode_server, endpoint, key.encode("utf-8"))
+    assert status == OK_STATUS[endpoint], body
+    status, _, body = raw_call(unicode_server, endpoint, query="x-api-key=" + quote(key))
+    assert status == OK_STATUS[endpoint], body
+    code, err = wrong(endpoint)
+    nfd = unicodedata.normalize("NFD", key).encode("utf-8")  # the same text, other bytes
+    for other in (key.encode("latin-1", "replace"), nfd, key.encode("utf-8")[:-1]):
+        assert_json_error(raw_call(unicode_server, endpoint, other), code, *err)

@@ -14,10 +14,14 @@ def extract_api_key(header_value: str | None, query_value: str | None) -> str | 
     return None
 
 
-def check_api_key(provided: str | None, expected: str) -> bool:
-    """True iff `provided` equals the configured key (constant time; an empty key never matches)."""
+def check_api_key(provided: str | bytes | None, expected: str) -> bool:
+    """True iff `provided` equals the configured key (constant time; an empty key never matches).
+
+    Keys are compared as bytes, as the Go service compares them: a `str` is taken as its
+    UTF-8 bytes; pass a header value as the bytes the client sent.
+    """
     if not provided or not expected:
         return False
-    return hmac.compare_digest(
-        provided.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    )
+    if isinstance(provided, str):
+        provided = provided.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(provided, expected.encode("utf-8", "surrogatepass"))

@@ -136,7 +136,9 @@ class Req:
 
 
 def check_key(req: Req, expected: str, errors: dict[str, tuple[int, str, str, str]]) -> HttpReply | None:
-    provided = extract_api_key(req.headers.get("x-api-key"), req.query.get("x-api-key"))
+    header = req.headers.get("x-api-key")
+    # The header as the bytes sent (Req decoded them as latin-1); the query as decoded UTF-8.
+    provided = header.encode("latin-1") if header else extract_api_key(None, req.query.get("x-api-key"))
     if not expected:
         problem = "unset"
     elif provided is None:
