@@ -475,6 +475,40 @@ def test_format_rfc3339_and_expiry_detail(dt: datetime, text: str, detail: str) 
     assert parse_rfc3339(text) == dt
 
 
+@pytest.mark.parametrize(
+    ("text", "detail", "minted"),
+    [
+        ("2021-06-07T08:09:10.123456789Z", "2021-06-07 08:09:10.123456789 +0000 UTC", "2021-06-07T08:09:10.123456789Z"),
+        ("2021-06-07T08:09:10.0000005Z", "2021-06-07 08:09:10.0000005 +0000 UTC", "2021-06-07T08:09:10.0000005Z"),
+        ("2021-06-07T08:09:10.000000001Z", "2021-06-07 08:09:10.000000001 +0000 UTC", "2021-06-07T08:09:10.000000001Z"),
+        ("2021-06-07T10:09:10.987654321+02:00", "2021-06-07 08:09:10.987654321 +0000 UTC", "2021-06-07T08:09:10.987654321Z"),
+        ("2021-06-07T08:09:10.1234567899999Z", "2021-06-07 08:09:10.123456789 +0000 UTC", "2021-06-07T08:09:10.123456789Z"),
+        ("2021-06-07T08:09:10.123456000Z", "2021-06-07 08:09:10.123456 +0000 UTC", "2021-06-07T08:09:10.123456Z"),
+    ],
+)
+def test_nanoseconds_are_kept_for_the_expiry_detail(text: str, detail: str, minted: str) -> None:
+    """Go's encoding/json writes time.Time with up to 9 fractional digits and Go prints them
+    all in `token expired at <T>`; digits beyond the 9th are truncated, as Go parses them."""
+    at = parse_rfc3339(text)
+    assert format_expiry_detail(at) == detail
+    assert format_rfc3339(at) == minted
+    assert at == parse_rfc3339(minted)
+    assert at.tzinfo is UTC
+    claims = decode_user_claims(claims_bytes(**user_fields(expires_at=text)))
+    assert format_expiry_detail(claims.expires_at) == detail
+    assert detail in str(TokenExpired(claims.expires_at))
+    # compares as the datetime of its microseconds; arithmetic gives a plain instant
+    assert at == at.replace(microsecond=at.microsecond) and hash(at) == hash(at.replace(microsecond=at.microsecond))
+    later = at + timedelta(seconds=1)
+    plain = datetime(*later.timetuple()[:6], later.microsecond, UTC)
+    assert format_expiry_detail(later) == format_expiry_detail(plain)
+
+
+def test_nanoseconds_after_the_zero_time_are_not_the_zero_time() -> None:
+    at = parse_rfc3339("0001-01-01T00:00:00.000000001Z")  # Go: IsZero() is false
+    assert format_expiry_detail(at) == "0001-01-01 00:00:00.000000001 +0000 UTC"
+
+
 def test_expired_exception_carries_time() -> None:
     exc = TokenExpired(EXP)
     assert exc.expires_at == EXP

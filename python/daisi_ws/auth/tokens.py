@@ -160,32 +160,53 @@ _RFC3339 = re.compile(
 )
 
 
-def _fraction(micro: int) -> str:
+class NanosecondTime(datetime):
+    """A datetime that also keeps the nanoseconds below its microsecond: Go's time.Time has
+    them, its encoding/json writes up to 9 fractional digits and its String() prints them all
+    (SPEC §2.4's `token expired at <T>`). Compares, hashes and computes as a plain datetime;
+    the result of arithmetic on one has no nanoseconds of its own."""
+
+    nanosecond: int = 0  # 0-999, below .microsecond
+
+
+def _fraction(t: datetime) -> str:
+    nanos = t.nanosecond if type(t) is NanosecondTime else 0
+    if nanos:
+        return "." + f"{t.microsecond:06d}{nanos:03d}".rstrip("0")
+    micro = t.microsecond
     return "." + f"{micro:06d}".rstrip("0") if micro else ""
 
 
 def format_rfc3339(dt: datetime) -> str:
-    """UTC with `Z`; fraction only when non-zero, trailing zeros trimmed."""
+    """UTC with `Z`; fraction only when non-zero, trailing zeros trimmed (Go's RFC3339Nano)."""
     t = _utc(dt)
     return (
         f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-        f"{_fraction(t.microsecond)}Z"
+        f"{_fraction(t)}Z"
     )
 
 
 def format_expiry_detail(dt: datetime) -> str:
-    """Go's `time.Time.String()` of a UTC time: `YYYY-MM-DD HH:MM:SS[.f] +0000 UTC`."""
+    """Go's `time.Time.String()` of a UTC time: `YYYY-MM-DD HH:MM:SS[.f] +0000 UTC`, the
+    fraction down to the nanosecond, trailing zeros trimmed."""
     t = _utc(dt)
     return (
         f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-        f"{_fraction(t.microsecond)} +0000 UTC"
+        f"{_fraction(t)} +0000 UTC"
     )
+
+
+def _with_nanoseconds(t: datetime, nanos: int) -> datetime:
+    at = NanosecondTime(t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond, t.tzinfo)
+    at.nanosecond = nanos
+    return at
 
 
 def parse_rfc3339(s: str) -> datetime:
     """Strict `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` -> aware UTC datetime.
 
-    Upper-case `T`/`Z` only. Fractions beyond microseconds are truncated. Go's zero time
+    Upper-case `T`/`Z` only. Fractions beyond nanoseconds are truncated (as Go does); the
+    nanoseconds below the microsecond, if any, are kept by a NanosecondTime. Go's zero time
     (`0001-01-01T00:00:00Z`, in any spelling) means "missing": TokenInvalid. Instants
     before year 1 UTC are TokenInvalid; after year 9999 UTC they are clamped to its end.
     """
@@ -193,15 +214,20 @@ def parse_rfc3339(s: str) -> datetime:
     if m is None:
         raise TokenInvalid("expires_at is not RFC 3339")
     year, month, day, hour, minute, second, frac, z, sign, oh, om = m.groups()
-    micro = int((frac + "00000")[:6]) if frac else 0
+    micro = nanos = 0
+    if frac:
+        micro = int((frac + "00000")[:6])
+        if len(frac) > 6:
+            nanos = int((frac[6:9] + "00")[:3])
     if z and year != "0001":
         # the common case: UTC, no conversion, cannot be the zero time or out of range
         try:
-            return datetime(
+            t = datetime(
                 int(year), int(month), int(day), int(hour), int(minute), int(second), micro, UTC
             )
         except ValueError:
             raise TokenInvalid("expires_at is out of range") from None
+        return _with_nanoseconds(t, nanos) if nanos else t
     try:
         if z:
             tz = UTC
@@ -220,7 +246,9 @@ def parse_rfc3339(s: str) -> datetime:
     except OverflowError:
         if local.year == 1:
             raise TokenInvalid("expires_at is before year 1") from None
-        at = MAX_TIME
+        return MAX_TIME
+    if nanos:
+        return _with_nanoseconds(at, nanos)  # 1-999 ns after Go's zero time is not zero
     if at == ZERO_TIME:
         raise TokenInvalid("expires_at is missing")
     return at
