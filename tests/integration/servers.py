@@ -218,6 +218,7 @@ def start_pods(
     count: int,
     keys: Keys | None = None,
     prefix: str = "pod",
+    ready_timeout: float = 15.0,
     **extra: str,
 ) -> list[ServerProcess]:
     """`count` pods sharing API and AES keys, started concurrently; each ready (/ready 200)."""
@@ -227,10 +228,16 @@ def start_pods(
         ServerProcess(env=pod_env(nats_srv, redis_srv, f"{prefix}-{tag}-{i}", **extra), keys=keys)
         for i in range(count)
     ]
-    with ThreadPoolExecutor(count) as pool:
-        list(pool.map(lambda p: p.start(), pods))
-    for p in pods:
-        wait_ready(p)
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda p: p.start(), pods))
+        for p in pods:
+            wait_ready(p, ready_timeout)
+    except BaseException:
+        for p in pods:  # the caller never gets them: stop them here, none outlives the test
+            p.stop(5)
+            p.kill()
+        raise
     return pods
 
 

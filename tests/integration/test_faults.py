@@ -385,3 +385,24 @@ async def test_nats_url_lists_servers_and_its_password_is_never_logged(tmp_path:
     finally:
         stop_pods(pods)
         live.stop()
+
+
+def test_pods_that_never_get_ready_are_stopped_by_the_harness(redis_server: RedisServer, tmp_path: Path) -> None:
+    """start_pods raises when a pod never gets ready; it must not leave that process running
+    (one did, for the rest of the machine's day, when a NATS URL could not be used)."""
+    prefix = f"leak{secrets.token_hex(3)}"
+    unusable = NatsServer(tmp_path / "js")  # never started: NATS stays unreachable, /ready 503
+    with pytest.raises(AssertionError, match="pod never ready"):
+        start_pods(unusable, redis_server, 1, prefix=prefix, ready_timeout=1.0)
+
+    def running() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if f"DAISI_WS_SERVER_POD_ID={prefix}-".encode() in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    assert running() == []
