@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import Keys, ServerProcess
+from tests.support import Keys, ServerProcess, kill_leftover_servers
 
 
 @pytest.fixture
@@ -25,3 +25,11 @@ def server() -> Iterator[ServerProcess]:
     finally:
         proc.stop(10)
         proc.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_session() -> Iterator[None]:
+    """A test that fails between starting a server and handing it to its cleanup must not
+    leave a `daisi-ws serve` behind."""
+    yield
+    kill_leftover_servers()

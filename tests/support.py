@@ -82,6 +82,16 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+_STARTED: list[ServerProcess] = []
+
+
+def kill_leftover_servers() -> None:
+    """Kill every server process this test session started and nothing stopped."""
+    for proc in _STARTED:
+        proc.kill()
+    _STARTED.clear()
+
+
 class ServerProcess:
     """`daisi-ws serve` in a subprocess; stdout JSON log lines are collected."""
 
@@ -121,6 +131,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             preexec_fn=self.preexec,
         )
+        _STARTED.append(self)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
         if not self._listening.wait(timeout):
