@@ -191,9 +191,9 @@ def _url_problem(url: str) -> str | None:
 
 
 def _header_safe(value: str) -> bool:
-    """Whether `value` fits an HTTP header: http.client sends it as Latin-1, and a control
-    character other than tab is not allowed (a line break would even end the header)."""
-    return all(ch == "\t" or (" " <= ch <= "\xff" and ch != "\x7f") for ch in value)
+    """Whether `value` fits an HTTP header: no control character other than tab (a line
+    break would even end the header). It is sent as UTF-8, the bytes the server compares."""
+    return all(ch == "\t" or (ch >= " " and ch != "\x7f") for ch in value)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -219,13 +219,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not _header_safe(api_key):
         source = "--api-key" if args.api_key else "auth.admin_secret_token"
         sys.stderr.write(
-            f"error: {source} cannot be sent in the X-API-Key header: only Latin-1 characters other than controls can\n"
+            f"error: {source} cannot be sent in the X-API-Key header: control characters cannot\n"
         )
         return 2
     del payload  # only validated: the server publishes the payload text as typed (SPEC §1.7)
     body = f'{{"subject":{json.dumps(args.subject)},"payload":{args.payload.strip()}}}'.encode()
     request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", "X-API-Key": api_key}
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "X-API-Key": api_key.encode()}
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
