@@ -261,3 +261,20 @@ def test_a_keep_alive_connection_waits_the_idle_timeout_for_the_next_request(idl
         s.settimeout(LONG_IDLE + 5)
         assert s.recv(65536) == b""  # then the idle timeout closes it
         assert LONG_IDLE - 0.5 < time.monotonic() - t0 < LONG_IDLE + 1.5
+
+
+@pytest.mark.parametrize("rest", [b"", b"abc"], ids=["no-body-yet", "part-of-the-body"])
+def test_a_pipelined_request_whose_headers_arrived_has_the_read_timeout(idle_server: ServerProcess, rest: bytes) -> None:
+    """The next request's headers arrived with the first request (h11 parsed them, nothing is
+    left in its buffer) and its body stalls: the read timeout, not the idle one, ends it."""
+    with socket.create_connection(("127.0.0.1", idle_server.port)) as s:
+        s.settimeout(LONG_IDLE + 5)
+        first = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        stalled = b"POST /generate-token HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + rest
+        t0 = time.monotonic()
+        s.sendall(first + stalled)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and data.count(b"HTTP/1.1 ") == 1
+        assert SHORT_READ - 0.5 < time.monotonic() - t0 < SHORT_READ + 1.5

@@ -491,9 +491,9 @@ class HttpProtocol(asyncio.Protocol):
             self._timer = None
 
     def _reading_if_buffered(self) -> None:
-        """Bytes of the next request already buffered (pipelined, or waiting for the client
-        to read our answers): the read timeout applies to it, not the idle timeout."""
-        if self._idle and self.conn.trailing_data[0]:
+        """Bytes of the next request already buffered or parsed (pipelined, or waiting for the
+        client to read our answers): the read timeout applies to it, not the idle timeout."""
+        if self._idle and (self.conn.trailing_data[0] or self.conn.their_state is h11.SEND_BODY):
             self._arm(self.gw.settings.app.read_timeout_seconds)
 
     def _timed_out(self) -> None:
