@@ -150,3 +150,22 @@ async def test_sigterm_while_a_handshake_takes_the_lock_refuses_it_and_leaves_no
     assert r.get(key) != pod_id(pod)
     assert not r.exists(f"route:{c}:{a}:chats")
     assert not r.exists(f"route:{c}:{a}:messages:chat-1")
+
+
+async def test_a_route_given_back_is_kept_while_another_socket_registers_it(pod: ServerProcess, redis_server: RedisServer) -> None:
+    """S1 selects chat X and closes; S2 (same company and agent) selects X while S1's SADD is
+    still out. When S1's registration returns, S2's is in flight and not yet in the registry:
+    the route must stay (it used to be given back, so the pod left the route S2 needs)."""
+    r = redis_server.client()
+    c, a, _ = ids()
+    s1 = await Client.connect(pod.user_url(c, a, "s1"), "s1")
+    s2 = await Client.connect(pod.user_url(c, a, "s2"), "s2")
+    await asyncio.sleep(0.3)  # both sessions restored
+    await s1.send({"type": "select_chat", "chat_id": "chat-x"})
+    await asyncio.sleep(DELAY / 2)  # S1's SADD is on its way
+    await s2.send({"type": "select_chat", "chat_id": "chat-x", "id": 7})
+    await s1.close()
+    await s2.wait_for(lambda f: f.get("type") == "ack" and f.get("id") == 7)
+    await asyncio.sleep(6 * DELAY)
+    assert pod_id(pod) in r.smembers(f"route:{c}:{a}:messages:chat-x")
+    await s2.close()

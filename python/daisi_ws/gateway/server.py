@@ -96,6 +96,9 @@ class Gateway:
         # the last acquisition, which gives the lock back if no socket holds it then.
         self._acquiring: dict[str, int] = {}
         self._release_deferred: set[str] = set()
+        # Route registrations (SADD) in flight, per route key: until one returns, its socket is
+        # not in the registry yet, but the route is needed all the same.
+        self._registering: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_round: list[Connection] = []  # this round's snapshot of the sockets
         self._sweep_pos = 0
@@ -258,7 +261,7 @@ class Gateway:
         route = message_route_key(pair[0], pair[1], chat)
         try:
             if not self.registry.chat_selected(pair, chat):
-                await backend.register_route(route)
+                await self._register_route(route)
         except Exception as exc:
             self.log.warn("could not register message route", request_id=conn.request_id, error=str(exc))
         if conn.ended:
@@ -310,7 +313,20 @@ class Gateway:
             except Exception as exc:
                 self.log.warn("could not unregister route", error=str(exc))
 
+    async def _register_route(self, key: str) -> None:
+        self._registering[key] = self._registering.get(key, 0) + 1
+        try:
+            await self.backend.register_route(key)
+        finally:
+            left = self._registering[key] - 1
+            if left:
+                self._registering[key] = left
+            else:
+                del self._registering[key]
+
     def _route_needed(self, key: str) -> bool:
+        if key in self._registering:
+            return True  # another socket's registration: it enters the registry on return
         parts = key.split(":")
         if parts[-1] == "chats":
             return self.registry.has_users((parts[1], parts[2]))
@@ -419,7 +435,7 @@ class Gateway:
         route = message_route_key(pair[0], pair[1], chat)
         if not self.registry.chat_selected(pair, chat):
             try:
-                await backend.register_route(route)
+                await self._register_route(route)
             except Exception as exc:
                 self.log.warn("select_chat route registration failed", request_id=conn.request_id, error=str(exc))
                 conn.send_error(SELECT_ROUTE_FAILED)
@@ -435,11 +451,13 @@ class Gateway:
             await backend.save_selected_chat(conn.session_key, chat)
         except Exception as exc:
             self.log.warn("could not persist selected chat", request_id=conn.request_id, error=str(exc))
-        if old_released and old is not None and not self.registry.chat_selected(pair, old):
-            try:
-                await backend.unregister_route(message_route_key(pair[0], pair[1], old))
-            except Exception as exc:
-                self.log.debug("could not unregister old message route", error=str(exc))
+        if old_released and old is not None:
+            old_route = message_route_key(pair[0], pair[1], old)
+            if not self._route_needed(old_route):
+                try:
+                    await backend.unregister_route(old_route)
+                except Exception as exc:
+                    self.log.debug("could not unregister old message route", error=str(exc))
 
     # --- events -----------------------------------------------------------------------------
     def deliver(self, subject: str, payload: bytes, request_id: str | None = None) -> int:
