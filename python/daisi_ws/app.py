@@ -115,6 +115,9 @@ class App:
         started = time.monotonic()
         try:
             await self.backend.start()
+            if self._stop.is_set():  # stopped while waiting for the backends: never listen
+                await self.shutdown()
+                return 0
             await self.gateway.start()
         except OSError as exc:
             self.log.error("cannot listen", error=str(exc), host=self.settings.server.host, port=self.settings.server.http_port)

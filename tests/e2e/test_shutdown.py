@@ -126,6 +126,7 @@ async def test_a_stop_signal_during_start_up_still_exits_0(sig: int) -> None:
         server.signal(sig)
         assert await asyncio.to_thread(server.wait, 15) == 0
         assert server.logged("stopped")
+        assert not server.logged("listening")  # SPEC §10.2 step 1: no longer accepting
         assert "Traceback" not in "".join(server.stderr)
     finally:
         server.kill()
