@@ -23,6 +23,7 @@ from daisi_ws.auth.tokens import TokenCipher, mint_user_token, parse_aes_key
 from daisi_ws.cluster.base import Backend
 from daisi_ws.cluster.embedded import EmbeddedBackend
 from daisi_ws.config import (
+    EPHEMERAL_KEYS,
     ConfigError,
     Settings,
     get_value,
@@ -194,7 +195,10 @@ class App:
                 error=f"{exc} (with the running values of the restart-only keys)",
             )
             return
-        fresh, _ = with_ephemeral_keys(fresh, reuse=self.generated)  # ephemeral keys survive
+        # A key left empty keeps its running value: a generated one survives, and a configured
+        # one removed from the file is not swapped for a random key nobody was shown.
+        running = {dotted: get_value(self.settings, dotted) for dotted in EPHEMERAL_KEYS}
+        fresh, _ = with_ephemeral_keys(fresh, reuse=running)
         if restart:
             self.log.warn("config change needs restart; running values kept", keys=restart)
         self.settings = fresh

@@ -147,3 +147,18 @@ async def test_reload_checks_cross_key_rules_against_the_running_restart_keys(tm
         config.write_text("app:\n  session_ttl_seconds: 20\n  allowed_origins: [https://ok.example]\n")
         reload(proc, "config reloaded", 1)
         assert await origin_status(proc, "https://evil.example", "u1") == 403
+
+
+async def test_an_api_key_removed_from_the_file_keeps_working_in_embedded_mode(tmp_path: Path) -> None:
+    """Embedded mode fills empty keys; on reload a key that was configured and is now gone
+    keeps its running value (it used to become a fresh random key that no one was shown)."""
+    config = tmp_path / "config.yaml"
+    proc = ServerProcess(env={"DAISI_WS_CONFIG": str(config)})
+    for name in proc.keys.env():
+        proc.env.pop(name)
+    config.write_text(f"auth:\n  secret_token: {proc.keys.api}\n")
+    with proc:
+        assert mint_status(proc, proc.keys.api)[0] == 200
+        config.write_text("log:\n  level: info\n")
+        reload(proc, "config reloaded", 1)
+        assert mint_status(proc, proc.keys.api)[0] == 200
