@@ -124,7 +124,7 @@ async def test_redis_restart(nats_server: NatsServer, own_redis: RedisServer) ->
         assert wait_for(lambda: r.get(f"session:admin:boss{c}") == pod_id(a), 5)
         assert wait_for(lambda: r.smembers(f"route:{c}:{ag}:chats") == {pod_id(a), pod_id(b)}, 5)
         assert wait_for(lambda: r.smembers(f"route:{c}:{ag}:messages:chat-1") == {pod_id(a)}, 5)
-        assert metric(a, "dws_session_lock_success_total", user_type="user", lock_type="reassert") >= 1
+        assert wait_for(lambda: metric(a, "dws_session_lock_success_total", user_type="user", lock_type="reassert") >= 1, 3)
         assert wait_for(lambda: ready_state(a)[0] == 200, 5)
         assert not any(cl.closed.is_set() for cl in clients)
 
