@@ -64,16 +64,15 @@ READ_TIMEOUT = 4
 IDLE_TIMEOUT = 6
 
 
+def server_with_timeouts(read: int, idle: int) -> Iterator[ServerProcess]:
+    env = {"DAISI_WS_APP_READ_TIMEOUT_SECONDS": str(read), "DAISI_WS_APP_IDLE_TIMEOUT_SECONDS": str(idle)}
+    with ServerProcess(env) as proc:
+        yield proc
+
+
 @pytest.fixture(scope="module")
 def timed_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        {"DAISI_WS_APP_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT), "DAISI_WS_APP_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT)}
-    ).start()
-    try:
-        yield proc
-    finally:
-        proc.stop(10)
-        proc.kill()
+    yield from server_with_timeouts(READ_TIMEOUT, IDLE_TIMEOUT)
 
 
 def rss_kib(server: ServerProcess) -> int:
@@ -196,14 +195,7 @@ LONG_IDLE = 4
 
 @pytest.fixture(scope="module")
 def idle_server() -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        {"DAISI_WS_APP_READ_TIMEOUT_SECONDS": str(SHORT_READ), "DAISI_WS_APP_IDLE_TIMEOUT_SECONDS": str(LONG_IDLE)}
-    ).start()
-    try:
-        yield proc
-    finally:
-        proc.stop(10)
-        proc.kill()
+    yield from server_with_timeouts(SHORT_READ, LONG_IDLE)
 
 
 def trickle_until_closed(s: socket.socket, limit: float) -> float:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -174,24 +174,17 @@ def route(gw: Gateway, req: Req, too_large: bool = False) -> HttpReply | Upgrade
         if path == "/ready":
             return ready(gw)
         return json_reply(200, {"status": "OK"})
-    if path == "/generate-token":
+    post = POST_ROUTES.get(path)
+    if post is not None:
         if method != "POST":
             return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.secret_token, GENERAL_KEY_ERRORS) or (
-            body_too_large() if too_large else mint(gw, req, admin=False)
-        )
-    if path == "/admin/generate-token":
-        if method != "POST":
-            return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or (
-            body_too_large() if too_large else mint(gw, req, admin=True)
-        )
-    if path == "/api/publish":
-        if method != "POST":
-            return method_not_allowed("POST")
-        return check_key(req, gw.settings.auth.admin_secret_token, ADMIN_KEY_ERRORS) or (
-            body_too_large() if too_large else publish(gw, req)
-        )
+        admin, handle = post
+        auth = gw.settings.auth
+        if admin:
+            denied = check_key(req, auth.admin_secret_token, ADMIN_KEY_ERRORS)
+        else:
+            denied = check_key(req, auth.secret_token, GENERAL_KEY_ERRORS)
+        return denied or (body_too_large() if too_large else handle(gw, req))
     if path.startswith("/ws/"):
         segments = path[4:].split("/")
         if segments == ["admin"]:
@@ -301,6 +294,14 @@ def raw_member(body: bytes, name: str) -> bytes | None:
             break
         idx = skip(text, idx + 1)
     return text[found[0] : found[1]].encode("utf-8") if found is not None else None
+
+
+# POST endpoints: (needs the admin key, handler). The key is checked before the body is used.
+POST_ROUTES: dict[str, tuple[bool, Callable[[Gateway, Req], HttpReply | Awaitable[HttpReply]]]] = {
+    "/generate-token": (False, lambda gw, req: mint(gw, req, admin=False)),
+    "/admin/generate-token": (True, lambda gw, req: mint(gw, req, admin=True)),
+    "/api/publish": (True, publish),
+}
 
 
 # --- WebSocket handshake (SPEC §3) ---------------------------------------------------------

@@ -66,6 +66,30 @@ SWEEP_INTERVAL = 1.0
 SWEEP_PASSES = 10
 
 
+class InFlight:
+    """Operations under way per key (a key is present while at least one runs)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._counts
+
+    def enter(self, key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def leave(self, key: str) -> bool:
+        """True when this was the last one under way for `key`."""
+        left = self._counts[key] - 1
+        if left:
+            self._counts[key] = left
+            return False
+        del self._counts[key]
+        return True
+
+
 class Gateway:
     def __init__(
         self,
@@ -94,11 +118,11 @@ class Gateway:
         # runs, a local socket of the same session that ends must not compare-and-delete the
         # lock (its value is this pod's id, the new socket's too); the release is deferred to
         # the last acquisition, which gives the lock back if no socket holds it then.
-        self._acquiring: dict[str, int] = {}
+        self._acquiring = InFlight()
         self._release_deferred: set[str] = set()
         # Route registrations (SADD) in flight, per route key: until one returns, its socket is
         # not in the registry yet, but the route is needed all the same.
-        self._registering: dict[str, int] = {}
+        self._registering = InFlight()
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_round: list[Connection] = []  # this round's snapshot of the sockets
         self._sweep_pos = 0
@@ -178,16 +202,12 @@ class Gateway:
 
     async def _lock_then_switch(self, http: HttpProtocol, req: Req, upgrade: Upgrade) -> None:
         key = upgrade.session_key
-        self._acquiring[key] = self._acquiring.get(key, 0) + 1
+        self._acquiring.enter(key)
         acquired = False
         try:
             acquired = await self._acquire_and_switch(http, req, upgrade)
         finally:
-            left = self._acquiring[key] - 1
-            if left:
-                self._acquiring[key] = left
-            else:
-                del self._acquiring[key]
+            if self._acquiring.leave(key):
                 deferred = key in self._release_deferred
                 self._release_deferred.discard(key)
                 if (acquired or deferred) and self.registry.holder(key) is None:
@@ -314,15 +334,11 @@ class Gateway:
                 self.log.warn("could not unregister route", error=str(exc))
 
     async def _register_route(self, key: str) -> None:
-        self._registering[key] = self._registering.get(key, 0) + 1
+        self._registering.enter(key)
         try:
             await self.backend.register_route(key)
         finally:
-            left = self._registering[key] - 1
-            if left:
-                self._registering[key] = left
-            else:
-                del self._registering[key]
+            self._registering.leave(key)
 
     def _route_needed(self, key: str) -> bool:
         if key in self._registering:
@@ -452,12 +468,7 @@ class Gateway:
         except Exception as exc:
             self.log.warn("could not persist selected chat", request_id=conn.request_id, error=str(exc))
         if old_released and old is not None:
-            old_route = message_route_key(pair[0], pair[1], old)
-            if not self._route_needed(old_route):
-                try:
-                    await backend.unregister_route(old_route)
-                except Exception as exc:
-                    self.log.debug("could not unregister old message route", error=str(exc))
+            await self._release(None, [message_route_key(pair[0], pair[1], old)])
 
     # --- events -----------------------------------------------------------------------------
     def deliver(self, subject: str, payload: bytes, request_id: str | None = None) -> int:
