@@ -139,6 +139,7 @@ class AppSettings:
     websocket_backpressure_drop_policy: str = "drop_oldest"
     websocket_compression_mode: str = "disabled"
     websocket_compression_threshold: int = 128
+    websocket_write_delay_ms: int = 0  # not in the Go service; see the README
     nats_ack_wait_seconds: int = 30
     nats_max_ack_pending: int = 1000
 
@@ -253,6 +254,7 @@ _RULES: dict[str, _Rule] = {
     "app.websocket_compression_mode": _Rule(choices=("disabled", "no_context_takeover")),
     "app.websocket_message_buffer_size": _Rule(max=_MAX_BUFFER_SIZE),
     "app.websocket_compression_threshold": _Rule(min=0),
+    "app.websocket_write_delay_ms": _Rule(min=0, max=1000, note="(0 = write at once)"),
 }
 _DEFAULT_RULE = _Rule()
 

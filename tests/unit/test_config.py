@@ -111,6 +111,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
         "websocket_backpressure_drop_policy": "drop_oldest",
         "websocket_compression_mode": "disabled",
         "websocket_compression_threshold": 128,
+        "websocket_write_delay_ms": 0,  # ours, not the Go service's: 0 keeps its behaviour
         "nats_ack_wait_seconds": 30,
         "nats_max_ack_pending": 1000,
     },
@@ -835,6 +836,7 @@ INT_RANGES: dict[str, tuple[int, int, str]] = {
     "auth.admin_token_cache_ttl_seconds": (0, INT_MAX, " (0 = no cache)"),
     "auth.token_cache_max_entries": (1, INT_MAX, " (0 would make the cap meaningless)"),
     "app.websocket_compression_threshold": (0, INT_MAX, ""),
+    "app.websocket_write_delay_ms": (0, 1000, " (0 = write at once)"),
 }
 ADAPTIVE_INT_FIELDS = [
     "min_ttl_seconds",

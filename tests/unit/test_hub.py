@@ -201,6 +201,63 @@ async def test_burst_is_coalesced_into_one_write_per_socket(hub: Hub) -> None:
         assert [f["payload"]["event_id"] for f in conn.frames()] == [str(i) for i in range(10)]
 
 
+def event_ids(conn: FakeConn) -> list[str]:
+    return [f["payload"]["event_id"] for f in conn.frames() if f["type"] == "event"]
+
+
+async def test_write_delay_holds_events_then_writes_each_socket_once(hub: Hub) -> None:
+    hub.write_delay = 0.05
+    conns = [add_user(hub, f"u{i}", "c", "a") for i in range(3)]
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
+    await asyncio.sleep(0.02)  # events from later ticks join the window
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')
+    await tick()
+    assert all(conn.transport.writes == [] for conn in conns)
+    await asyncio.sleep(0.06)
+    for conn in conns:
+        assert len(conn.transport.writes) == 1
+        assert event_ids(conn) == ["0", "1"]
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # the next window starts afresh
+    await asyncio.sleep(0.02)
+    assert len(conns[0].transport.writes) == 1
+    await asyncio.sleep(0.06)
+    assert event_ids(conns[0]) == ["0", "1", "2"]
+
+
+async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
+    """ready, error and ack answer the client at once and take held events along, in order."""
+    hub.write_delay = 0.5
+    conn = add_user(hub, "u", "c", "a")
+    other = add_user(hub, "o", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"held"}')
+    hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":1}}'))
+    await tick()
+    assert [f["type"] for f in conn.frames()] == ["event", "ack"]
+    assert len(conn.transport.writes) == 1
+    assert event_ids(other) == ["held"]  # the reply's flush wrote every held socket
+    assert hub._delayed_flush is None  # and the window's timer is gone
+
+
+async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:
+    """More events than the ring holds within one window go out early; none is dropped."""
+    hub.write_delay = 0.5
+    conn = add_user(hub, "u", "c", "a")
+    for i in range(250):
+        hub.dispatch("websocket.c.a.chats", orjson.dumps({"event_id": str(i)}))
+    assert len(conn.transport.writes) == 2  # the ring (100) filled twice
+    hub.flush()
+    assert event_ids(conn) == [str(i) for i in range(250)]
+    assert conn.stats.oldest == 0
+
+
+async def test_no_write_delay_flushes_in_the_same_tick(hub: Hub) -> None:
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"now"}')
+    await tick()
+    assert event_ids(conn) == ["now"]
+    assert hub._delayed_flush is None
+
+
 async def test_compressed_once_per_window_size(hub: Hub) -> None:
     plain = add_user(hub, "plain", "c", "a")
     deflated = [FakeConn(f"d{i}", deflate_bits=15) for i in range(2)]

@@ -1,7 +1,9 @@
 """Dispatch: one event -> one frame -> every matching local socket's send queue.
 
 Encode once (the frame is shared by all recipients), push into the queues, and flush every
-dirty socket once per loop tick so a burst of events costs one write per socket.
+dirty socket once per loop tick so a burst of events costs one write per socket. With a write
+delay (`app.websocket_write_delay_ms`) events wait up to that long for later ones, so a socket
+that gets several events within the window takes them in one write.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Hub:
     """Owns the per-tick dirty list and the flush callback."""
 
     __slots__ = (
+        "_delayed_flush",
         "_flush_pending",
         "_loop",
         "_malformed_logged",
@@ -87,14 +90,25 @@ class Hub:
         "log",
         "metrics",
         "registry",
+        "write_delay",
     )
 
-    def __init__(self, registry: Registry, metrics: Metrics, log: Logger, compression_threshold: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: Metrics,
+        log: Logger,
+        compression_threshold: int,
+        write_delay: float = 0.0,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.log = log
         self.dirty: list[Any] = []
         self._flush_pending = False
+        # Seconds an event may wait for later ones before its sockets are written (0 = this tick).
+        self.write_delay = write_delay
+        self._delayed_flush: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._malformed_logged: dict[str, float] = {}
         self.compression_threshold = compression_threshold
@@ -105,16 +119,32 @@ class Hub:
         self.activity: Callable[[str, str, str | None], None] | None = None
 
     # --- flushing ---------------------------------------------------------------------------
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def schedule_flush(self) -> None:
+        """Flush at the end of this loop tick (replies, and events without a write delay)."""
         if not self._flush_pending:
             self._flush_pending = True
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self.flush)
+            self._get_loop().call_soon(self.flush)
+
+    def schedule_event_flush(self) -> None:
+        """Events: with a write delay, the first one after a flush opens a window that every
+        later event joins; one timer for all sockets, not one per socket."""
+        if self.write_delay <= 0.0:
+            self.schedule_flush()
+        elif not self._flush_pending and self._delayed_flush is None:
+            self._delayed_flush = self._get_loop().call_later(self.write_delay, self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False
+        if self._delayed_flush is not None:
+            # An earlier flush (a reply's) takes the delayed events along, in order.
+            self._delayed_flush.cancel()
+            self._delayed_flush = None
         dirty, self.dirty = self.dirty, []
         hotpath.flush_dirty(dirty)
 
@@ -218,7 +248,7 @@ class Hub:
             for members in targets:
                 delivered += hotpath.fanout(frame, members, dirty)
         if dirty:
-            self.schedule_flush()
+            self.schedule_event_flush()
         if delivered:
             self.metrics.sent_event.inc(delivered)
             if users and self.activity is not None:

@@ -140,6 +140,7 @@ class Gateway:
         self.allowed_origins = frozenset(o.lower() for o in app.allowed_origins)
         self.deflate_factories = make_deflate_factories(app.websocket_compression_mode)
         self.hub.compression_threshold = app.websocket_compression_threshold
+        self.hub.write_delay = app.websocket_write_delay_ms / 1000.0
 
     # --- metrics read at scrape time ---------------------------------------------------------
     def _drop_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
