@@ -161,6 +161,19 @@ class Stack:
 # --- the servers under test -----------------------------------------------------------------------
 
 KINDS = ("baseline", "daisi", "daisi-embedded", "daisi-pure")
+# `daisi-wd<N>`: `daisi` with app.websocket_write_delay_ms = N (latency traded for fewer sends).
+WRITE_DELAY_PREFIX = "daisi-wd"
+
+
+def write_delay_ms(kind: str) -> int | None:
+    """The write delay a `daisi-wd<N>` kind names, else None."""
+    if kind.startswith(WRITE_DELAY_PREFIX) and kind[len(WRITE_DELAY_PREFIX):].isdigit():
+        return int(kind[len(WRITE_DELAY_PREFIX):])
+    return None
+
+
+def shared_mode(kind: str) -> bool:
+    return kind in ("daisi", "daisi-pure") or write_delay_ms(kind) is not None
 
 
 class Target:
@@ -177,7 +190,8 @@ class Target:
         pure: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        assert kind in KINDS
+        delay = write_delay_ms(kind)
+        assert kind in KINDS or delay is not None, kind
         self.kind = kind
         self.keys = keys
         self.port = 0
@@ -198,10 +212,12 @@ class Target:
                     "DAISI_WS_SERVER_POD_ID": f"loadcompare-{os.getpid()}",
                 }
             )
-            if kind in ("daisi", "daisi-pure"):
+            if shared_mode(kind):
                 assert stack is not None, "shared mode needs NATS and Redis"
                 env["DAISI_WS_NATS_URL"] = stack.nats_url
                 env["DAISI_WS_REDIS_ADDRESS"] = stack.redis_address
+            if delay is not None:
+                env["DAISI_WS_APP_WEBSOCKET_WRITE_DELAY_MS"] = str(delay)
             cmd = [executable("daisi-ws"), "serve"]
         env.update(extra_env or {})
         self.proc = subprocess.Popen(pinned(cmd, cpus), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -234,7 +250,7 @@ class Target:
         if not listening.wait(20):
             self.stop()
             raise RuntimeError(f"{kind} did not start: {''.join(self.stderr)[-2000:]}")
-        if kind in ("daisi", "daisi-pure"):
+        if shared_mode(kind):
             self._wait_ready()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
@@ -803,10 +819,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-quiet", action="store_true", help="do not wait for an idle machine before each run")
     p.add_argument("--with-pure", action="store_true", help="fixed loads also with daisi-ws's pure-Python twins")
     p.add_argument("--repeat", type=int, default=3, help="rounds of the fixed loads (servers alternate; medians reported)")
+    p.add_argument(
+        "--write-delay-ms",
+        default="",
+        help="comma-separated app.websocket_write_delay_ms values: sweeps and fixed loads also run daisi-ws with each (kind daisi-wd<N>)",
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally blocks stop every process
     parts = set(args.only or ("sweep", "fixed", "broadcast", "idle", "handshake"))
     sizes = [int(s) for s in args.sizes.split(",")]
+    delay_kinds = [f"{WRITE_DELAY_PREFIX}{int(ms)}" for ms in args.write_delay_ms.split(",") if ms.strip()]
     from daisi_ws.limits import raise_nofile_limit
 
     raise_nofile_limit()
@@ -834,11 +856,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rates = SWEEP_RATES
             out["sweep"] = []
             for n in sizes:
-                for kind in ("baseline", "daisi"):
+                for kind in ("baseline", "daisi", *delay_kinds):
                     out["sweep"].append(sweep(kind, keys, stack, n, rates.get(n, [10, 20, 40, 80]), args.duration, log=log, quiet=quiet))
         if "fixed" in parts:
             loads = {1000: 100, 5000: 20}
-            kinds = ("baseline", "daisi", "daisi-pure") if args.with_pure else ("baseline", "daisi")
+            kinds = ("baseline", "daisi", *(("daisi-pure",) if args.with_pure else ()), *delay_kinds)
             out["fixed"] = [
                 fixed(kind, keys, stack, n, loads.get(n, 20), duration=args.duration, log=log, quiet=quiet)
                 for n in sizes

@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.benchmark(group="throughput"), pytest.mark.real, pytes
 
 RESULTS: dict[str, dict[str, Any]] = {}  # baseline figures, for the daisi-ws ratios
 FIXED_RATE = {1000: 100, 5000: 20}
+# daisi-ws with app.websocket_write_delay_ms = 50: its latency for fewer kernel sends (LOADTEST.md)
+WITH_WRITE_DELAY = "daisi-wd50"
 
 
 def _common(benchmark: Any) -> None:
@@ -60,7 +62,7 @@ def _assert_delivered(res: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [1000, 5000])
-@pytest.mark.parametrize("kind", ["baseline", "daisi"])
+@pytest.mark.parametrize("kind", ["baseline", "daisi", WITH_WRITE_DELAY])
 def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: lc.Stack, keys: Keys, kind: str, size: int) -> None:
     _common(benchmark)
     smoke = is_smoke(request.config)
@@ -106,7 +108,9 @@ def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: l
     ]
     if best is not None:
         _note_server(benchmark, best)
+        info["write_delay_ms"] = lc.write_delay_ms(kind) or 0
         info["best_fps"] = best["delivery"]["delivered_fps"]
+        info["p50_ms"] = best["delivery"]["latency_ms"]["p50"]
         info["p99_ms"] = best["delivery"]["latency_ms"]["p99"]
         info["saturated"] = best["saturated"]
         info["server_us_per_frame"] = best["cpu"]["server_us_per_frame"]
@@ -122,7 +126,7 @@ def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: l
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [1000, 5000])
-@pytest.mark.parametrize("kind", ["baseline", "daisi"])
+@pytest.mark.parametrize("kind", ["baseline", "daisi", WITH_WRITE_DELAY])
 def test_fixed_load(benchmark: Any, request: pytest.FixtureRequest, stack: lc.Stack, keys: Keys, kind: str, size: int) -> None:
     _common(benchmark)
     smoke = is_smoke(request.config)
@@ -149,6 +153,7 @@ def test_fixed_load(benchmark: Any, request: pytest.FixtureRequest, stack: lc.St
         per_socket_rate=out["options"]["per_socket_rate"],
         delivered_fps=d["delivered_fps"],
         drops=d["drops"],
+        p50_ms=d["latency_ms"]["p50"],
         p99_ms=d["latency_ms"]["p99"],
         server_us_per_frame=c["server_us_per_frame"],
         server_core_us_per_frame=c.get("server_core_us_per_frame"),
@@ -156,6 +161,7 @@ def test_fixed_load(benchmark: Any, request: pytest.FixtureRequest, stack: lc.St
         loadgen_us_per_frame=c["loadgen_us_per_frame"],
         loadgen_core_busy=c.get("loadgen_cpus", {}).get("busy"),
         saturated=out["saturated"],
+        write_delay_ms=lc.write_delay_ms(kind) or 0,
     )
     key = f"fixed-{size}"
     if kind == "baseline":
