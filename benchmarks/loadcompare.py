@@ -820,6 +820,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--with-pure", action="store_true", help="fixed loads also with daisi-ws's pure-Python twins")
     p.add_argument("--repeat", type=int, default=3, help="rounds of the fixed loads (servers alternate; medians reported)")
     p.add_argument(
+        "--fixed-rates",
+        default="",
+        help="events/s per socket of the fixed loads, e.g. 1000:30,5000:6 (default 1000:100,5000:20, the issue's)",
+    )
+    p.add_argument(
         "--write-delay-ms",
         default="",
         help="comma-separated app.websocket_write_delay_ms values: sweeps and fixed loads also run daisi-ws with each (kind daisi-wd<N>)",
@@ -860,6 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out["sweep"].append(sweep(kind, keys, stack, n, rates.get(n, [10, 20, 40, 80]), args.duration, log=log, quiet=quiet))
         if "fixed" in parts:
             loads = {1000: 100, 5000: 20}
+            loads.update((int(n), float(r)) for n, r in (pair.split(":") for pair in args.fixed_rates.split(",") if pair.strip()))
             kinds = ("baseline", "daisi", *(("daisi-pure",) if args.with_pure else ()), *delay_kinds)
             out["fixed"] = [
                 fixed(kind, keys, stack, n, loads.get(n, 20), duration=args.duration, log=log, quiet=quiet)
