@@ -96,6 +96,7 @@ def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: l
         assert best is not None and best["delivery"]["drops"] == 0
     info = benchmark.extra_info
     info["sockets"] = n
+    info["write_delay_ms"] = lc.write_delay_ms(kind) or 0
     info["points"] = [
         {
             "offered_fps": p["delivery"]["offered_fps"],
@@ -108,7 +109,6 @@ def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: l
     ]
     if best is not None:
         _note_server(benchmark, best)
-        info["write_delay_ms"] = lc.write_delay_ms(kind) or 0
         info["best_fps"] = best["delivery"]["delivered_fps"]
         info["p50_ms"] = best["delivery"]["latency_ms"]["p50"]
         info["p99_ms"] = best["delivery"]["latency_ms"]["p99"]
