@@ -29,7 +29,7 @@ async def test_events_are_held_together_and_replies_are_not(tmp_path: Path) -> N
     with ServerProcess(env={"DAISI_WS_CONFIG": str(config)}) as server:
         async with connect(server.user_url("wd", "a", "u1")) as ws:
             assert await recv_text(ws) == READY
-            first_sent = await publish_at(server, {"event_id": "1"})
+            await publish_at(server, {"event_id": "1"})
             await asyncio.sleep(0.1)
             await publish_at(server, {"event_id": "2"})
 

@@ -235,7 +235,21 @@ async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
     assert [f["type"] for f in conn.frames()] == ["event", "ack"]
     assert len(conn.transport.writes) == 1
     assert event_ids(other) == ["held"]  # the reply's flush wrote every held socket
-    assert hub._delayed_flush is None  # and the window's timer is gone
+
+
+async def test_a_reply_flush_ends_the_window_it_emptied(hub: Hub) -> None:
+    """The next event opens a window of its own: the emptied window's timer must not cut it short."""
+    hub.write_delay = 0.4
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')  # window until ~0.4 s
+    hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":1}}'))
+    await tick()
+    await asyncio.sleep(0.2)
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # its window: until ~0.6 s
+    await asyncio.sleep(0.3)  # past the first window's end
+    assert event_ids(conn) == ["0"]
+    await asyncio.sleep(0.2)
+    assert event_ids(conn) == ["0", "1"]
 
 
 async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:
@@ -248,14 +262,6 @@ async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:
     hub.flush()
     assert event_ids(conn) == [str(i) for i in range(250)]
     assert conn.stats.oldest == 0
-
-
-async def test_no_write_delay_flushes_in_the_same_tick(hub: Hub) -> None:
-    conn = add_user(hub, "u", "c", "a")
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"now"}')
-    await tick()
-    assert event_ids(conn) == ["now"]
-    assert hub._delayed_flush is None
 
 
 async def test_compressed_once_per_window_size(hub: Hub) -> None:

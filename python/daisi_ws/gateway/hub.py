@@ -93,21 +93,15 @@ class Hub:
         "write_delay",
     )
 
-    def __init__(
-        self,
-        registry: Registry,
-        metrics: Metrics,
-        log: Logger,
-        compression_threshold: int,
-        write_delay: float = 0.0,
-    ) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics, log: Logger, compression_threshold: int) -> None:
         self.registry = registry
         self.metrics = metrics
         self.log = log
         self.dirty: list[Any] = []
         self._flush_pending = False
-        # Seconds an event may wait for later ones before its sockets are written (0 = this tick).
-        self.write_delay = write_delay
+        # Seconds an event may wait for later ones before its sockets are written (0 = this
+        # tick); the gateway sets it from app.websocket_write_delay_ms, at start and on reload.
+        self.write_delay = 0.0
         self._delayed_flush: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._malformed_logged: dict[str, float] = {}
