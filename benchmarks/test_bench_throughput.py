@@ -4,7 +4,8 @@ Real processes, real loopback sockets, real NATS and Redis. Each server is pinne
 the load generator (`daisi-ws loadtest`), nats-server and redis-server to CPU 1 (when
 `taskset` exists and both CPUs are ours; `extra_info["pinned"]` says). Events go through core
 NATS for both servers; daisi-ws runs in shared mode (NATS + Redis, interest delivery) except
-where `daisi-embedded` says otherwise.
+where `daisi-embedded` says otherwise; `daisi-wd50` is shared mode with
+app.websocket_write_delay_ms = 50.
 
 The timed figure of the load benchmarks is the wall time of a whole load run; the numbers
 that matter are in `extra_info` (report.py: group "throughput"):
@@ -50,11 +51,16 @@ def _note_server(benchmark: Any, res: dict[str, Any]) -> None:
     benchmark.extra_info["background_cpu_s"] = res.get("cpu", {}).get("background_cpu_s")
 
 
-def _assert_delivered(res: dict[str, Any]) -> None:
+def _assert_delivered(res: dict[str, Any], kind: str) -> None:
     h, d = res["handshake"], res["delivery"]
     assert h["connected"] == h["requested"], h["fail_samples"]
     assert d["received"] > 0
     assert d["sockets_lost"] == 0 and d["error_frames"] == 0, d["error_samples"]
+    delay = lc.write_delay_ms(kind)
+    if delay:
+        # The held path ran: an event waits until its window ends, so half of them wait more
+        # than a fifth of the delay (without it p50 is 1-3 ms).
+        assert d["latency_ms"]["p50"] >= delay / 5, d["latency_ms"]
 
 
 # --- highest delivered frames/s at p99 <= 100 ms ------------------------------------------------------
@@ -91,7 +97,7 @@ def test_max_throughput(benchmark: Any, request: pytest.FixtureRequest, stack: l
     best = out["best"]
     assert out["points"], "no load point ran"
     for point in out["points"]:
-        _assert_delivered(point)
+        _assert_delivered(point, kind)
     if smoke:
         assert best is not None and best["delivery"]["drops"] == 0
     info = benchmark.extra_info
@@ -141,7 +147,7 @@ def test_fixed_load(benchmark: Any, request: pytest.FixtureRequest, stack: lc.St
             out.update(lc.fixed(kind, keys, stack, n, FIXED_RATE[size], log=lambda _: None))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    _assert_delivered(out)
+    _assert_delivered(out, kind)
     d, c = out["delivery"], out["cpu"]
     if smoke:
         assert d["drops"] == 0
