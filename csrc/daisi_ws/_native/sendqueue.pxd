@@ -16,7 +16,9 @@ cdef class SendQueue:
     cdef Py_ssize_t _count
     cdef Py_ssize_t _size
 
-    cdef public object transport
+    # The transport, and its socket when writes may bypass transport.write (_direct_socket).
+    cdef object _transport
+    cdef object _sock
     cdef public Py_ssize_t capacity
     cdef public int policy
     cdef public object stats
@@ -29,6 +31,7 @@ cdef class SendQueue:
     cdef int _push(self, object frame, object dirty) except -1
     cdef Py_ssize_t _flush(self) except -1
     cdef Py_ssize_t _write_all(self) except -1
+    cdef int _send(self, object data) except -1
     cdef int _append(self, object frame) except -1
     cdef int _popleft(self) except -1
     cdef void _clear(self) noexcept

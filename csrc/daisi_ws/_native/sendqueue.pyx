@@ -16,10 +16,25 @@ behaves exactly as with the pure twin.
 
 import time
 
+from daisi_ws._pure.sendqueue import _direct_socket
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.string cimport memcpy
+
+
+cdef extern from *:
+    """
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0  /* macOS: CPython ignores SIGPIPE already */
+    #endif
+    """
+    ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
 
 DROP_OLDEST = 0
 DROP_NEWEST = 1
@@ -119,7 +134,8 @@ cdef class SendQueue:
         self.capacity = capacity
         self.policy = policy
         self.stats = stats
-        self.transport = None
+        self._transport = None
+        self._sock = None
         self._clear()
         self.dirty = False
         self.paused = False
@@ -129,6 +145,15 @@ cdef class SendQueue:
 
     def __len__(self):
         return self._count
+
+    @property
+    def transport(self):
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport):
+        self._transport = transport
+        self._sock = _direct_socket(transport)
 
     # --- ring ---------------------------------------------------------------------------
     cdef int _grow(self) except -1:
@@ -186,7 +211,7 @@ cdef class SendQueue:
             return 0
         cdef int policy
         if self._count >= self.capacity:
-            if not self.paused and self.transport is not None:
+            if not self.paused and self._transport is not None:
                 # A burst bigger than the ring within one tick: hand it to the transport
                 # now rather than dropping frames nobody pushed back on. The ring is empty
                 # afterwards even if that write paused the transport, so the frame fits.
@@ -241,8 +266,33 @@ cdef class SendQueue:
             data = _join(self._ring, self._head, n, self._size)
         self._clear()
         self.full_since = 0.0
-        self.transport.write(data)  # may call pause_writing() synchronously
+        self._send(data)
         return n
+
+    cdef int _send(self, object data) except -1:
+        """The pure twin's _send, with send(2) called directly: no exception on EAGAIN."""
+        cdef object transport = self._transport
+        cdef object sock = self._sock
+        cdef Py_ssize_t size, sent
+        cdef int fd
+        if (
+            sock is not None
+            and PyBytes_CheckExact(data)
+            and not transport._buffer
+            and not transport._closing
+            and not transport._conn_lost
+        ):
+            fd = sock.fileno()  # -1 once the socket is closed: never a reused descriptor
+            if fd >= 0:
+                size = PyBytes_GET_SIZE(data)
+                sent = c_send(fd, PyBytes_AS_STRING(data), <size_t>size, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if sent == size:
+                    return 0
+                if sent > 0:
+                    data = data[sent:]
+                # sent < 0: transport.write meets the same errno and handles it
+        transport.write(data)  # may call pause_writing() synchronously
+        return 0
 
     def flush(self):
         """Write every queued frame in one transport write, unless paused. Frames written."""
@@ -254,7 +304,7 @@ cdef class SendQueue:
             if not self.closed:
                 self.on_overflow()  # Python-level call: a subclass override runs
             return 0
-        if self.closed or self.paused or self.transport is None:
+        if self.closed or self.paused or self._transport is None:
             return 0
         return self._write_all()
 
