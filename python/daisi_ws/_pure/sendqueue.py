@@ -7,7 +7,7 @@ back (`paused`), frames wait here and the policy bounds them.
 
 That write goes straight to the socket with send() when the transport is asyncio's selector
 socket transport and holds nothing: what `transport.write` would do first, without its
-bookkeeping (~20 % of a lone frame's cost). Anything else, a partial send included, goes
+bookkeeping (~15 % of a lone send here). Anything else, a partial send included, goes
 through `transport.write`, which buffers it, watches the socket and reports errors.
 """
 
