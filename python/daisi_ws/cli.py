@@ -97,6 +97,15 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _reject_non_utf8(fields: tuple[tuple[str, str], ...]) -> bool:
+    """Print the error for the first (name, value) that is not UTF-8; True if there was one."""
+    for field, value in fields:
+        if not _is_utf8(value):
+            sys.stderr.write(f"error: {field} is not valid UTF-8\n")
+            return True
+    return False
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from daisi_ws.auth.tokens import (
         MAX_TIME,
@@ -124,10 +133,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     expires = now + timedelta(seconds=args.expires_in)
     if args.token_kind == "user":
         key = settings.auth.token_aes_key
-        for field, value in (("company_id", args.company), ("agent_id", args.agent), ("user_id", args.user)):
-            if not _is_utf8(value):
-                sys.stderr.write(f"error: {field} is not valid UTF-8\n")
-                return 2
+        user_fields = (("company_id", args.company), ("agent_id", args.agent), ("user_id", args.user))
+        if _reject_non_utf8(user_fields):
+            return 2
+        for field, value in user_fields:
             if not is_valid_id(value):
                 sys.stderr.write(f"error: {id_violation_text(field)}\n")
                 return 2
@@ -140,15 +149,15 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(mint_user_token(TokenCipher(parse_aes_key(key)), args.company, args.agent, args.user, expires))
         return 0
     key = settings.auth.admin_token_aes_key
-    for field, value in (
-        ("admin_id", args.admin_id),
-        ("subscribed_company_id", args.subscribed_company),
-        ("subscribed_agent_id", args.subscribed_agent),
-        ("company_id_restriction", args.company_restriction),
+    if _reject_non_utf8(
+        (
+            ("admin_id", args.admin_id),
+            ("subscribed_company_id", args.subscribed_company),
+            ("subscribed_agent_id", args.subscribed_agent),
+            ("company_id_restriction", args.company_restriction),
+        )
     ):
-        if not _is_utf8(value):
-            sys.stderr.write(f"error: {field} is not valid UTF-8\n")
-            return 2
+        return 2
     if not is_valid_id(args.admin_id):
         sys.stderr.write(f"error: {id_violation_text('admin_id')}\n")
         return 2
