@@ -16,10 +16,10 @@ from tests.support import ServerProcess, wait_for
 DELAY_S = 1.0  # long, so "held" and "not held" stay apart on a busy machine
 
 
-async def publish_at(server: ServerProcess, payload: dict[str, str]) -> float:
+async def publish_at(server: ServerProcess, payload: dict[str, str], recipients: int = 1) -> float:
     """Publish from a thread (the client's loop keeps reading); returns when it was sent."""
     sent = time.monotonic()
-    assert await asyncio.to_thread(publish_ok, server, "websocket.wd.a.chats", payload) == 1
+    assert await asyncio.to_thread(publish_ok, server, "websocket.wd.a.chats", payload) == recipients
     return sent
 
 
@@ -42,7 +42,9 @@ async def test_events_are_held_together_and_replies_are_not(tmp_path: Path) -> N
             assert [f["payload"]["event_id"] for f in frames[:2]] == ["1", "2"]
             assert replied - asked < DELAY_S / 2, replied - asked
 
-            # without a reply, the first event's window decides: both leave together
+            # the reply did not end the window (other sockets' events stay held); once it
+            # has ended, the next event opens a new one and the events in it leave together
+            await asyncio.sleep(DELAY_S)
             first_sent = await publish_at(server, {"event_id": "3"})
             await asyncio.sleep(0.1)
             await publish_at(server, {"event_id": "4"})
@@ -60,3 +62,18 @@ async def test_events_are_held_together_and_replies_are_not(tmp_path: Path) -> N
             sent = await publish_at(server, {"event_id": "5"})
             assert (await recv_json(ws))["payload"]["event_id"] == "5"
             assert time.monotonic() - sent < DELAY_S / 2
+
+
+async def test_a_reply_does_not_end_other_sockets_windows(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"app:\n  websocket_write_delay_ms: {int(DELAY_S * 1000)}\n")
+    with ServerProcess(env={"DAISI_WS_CONFIG": str(config)}) as server:
+        async with connect(server.user_url("wd", "a", "asker")) as asker, connect(server.user_url("wd", "a", "waiter")) as waiter:
+            assert await recv_text(asker) == READY
+            assert await recv_text(waiter) == READY
+            sent = await publish_at(server, {"event_id": "1"}, recipients=2)
+            await asker.send("not json")
+            assert [f["type"] for f in [await recv_json(asker) for _ in range(2)]] == ["event", "error"]
+            assert time.monotonic() - sent < DELAY_S / 2
+            assert (await recv_json(waiter))["payload"]["event_id"] == "1"
+            assert time.monotonic() - sent >= DELAY_S * 0.9, "the asker's reply flushed the waiter's window"

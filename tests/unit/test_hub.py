@@ -225,8 +225,9 @@ async def test_write_delay_holds_events_then_writes_each_socket_once(hub: Hub) -
 
 
 async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
-    """ready, error and ack answer the client at once and take held events along, in order."""
-    hub.write_delay = 0.5
+    """ready, error and ack answer the client at once and take its held events along, in
+    order; the other sockets' events stay held until the window ends."""
+    hub.write_delay = 0.3
     conn = add_user(hub, "u", "c", "a")
     other = add_user(hub, "o", "c", "a")
     hub.dispatch("websocket.c.a.chats", b'{"event_id":"held"}')
@@ -234,22 +235,43 @@ async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
     await tick()
     assert [f["type"] for f in conn.frames()] == ["event", "ack"]
     assert len(conn.transport.writes) == 1
-    assert event_ids(other) == ["held"]  # the reply's flush wrote every held socket
+    assert other.transport.writes == [], "a reply must not end another socket's window"
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"later"}')  # joins the open window
+    await asyncio.sleep(0.1)
+    assert event_ids(conn) == ["held"] and other.transport.writes == []
+    await asyncio.sleep(0.3)
+    assert event_ids(conn) == ["held", "later"]
+    assert event_ids(other) == ["held", "later"]
+    assert len(other.transport.writes) == 1
 
 
-async def test_a_reply_flush_ends_the_window_it_emptied(hub: Hub) -> None:
-    """The next event opens a window of its own: the emptied window's timer must not cut it short."""
+async def test_reply_without_a_window_is_written_this_tick(hub: Hub) -> None:
+    hub.write_delay = 0.3
+    conn = add_user(hub, "u", "c", "a")
+    for i in range(3):
+        hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":%d}}' % i))
+    await tick()
+    assert [f["payload"]["id"] for f in conn.frames()] == [0, 1, 2]
+    assert len(conn.transport.writes) == 1
+    assert hub.dirty == []
+
+
+async def test_delay_reloaded_to_zero_writes_the_open_window_now(hub: Hub) -> None:
     hub.write_delay = 0.4
     conn = add_user(hub, "u", "c", "a")
     hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')  # window until ~0.4 s
-    hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":1}}'))
+    hub.write_delay = 0.0  # a reload
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')
     await tick()
-    await asyncio.sleep(0.2)
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # its window: until ~0.6 s
-    await asyncio.sleep(0.3)  # past the first window's end
-    assert event_ids(conn) == ["0"]
-    await asyncio.sleep(0.2)
     assert event_ids(conn) == ["0", "1"]
+    assert len(conn.transport.writes) == 1
+    hub.write_delay = 0.4  # reloaded back: the next event must get a whole window of its own
+    await asyncio.sleep(0.2)
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # its window: until ~0.6 s
+    await asyncio.sleep(0.3)  # past the cancelled window's end
+    assert event_ids(conn) == ["0", "1"]
+    await asyncio.sleep(0.2)
+    assert event_ids(conn) == ["0", "1", "2"]
 
 
 async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:

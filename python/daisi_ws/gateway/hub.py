@@ -83,6 +83,8 @@ class Hub:
         "_flush_pending",
         "_loop",
         "_malformed_logged",
+        "_replies",
+        "_replies_pending",
         "activity",
         "compression_threshold",
         "compression_used",
@@ -103,6 +105,9 @@ class Hub:
         # tick); the gateway sets it from app.websocket_write_delay_ms, at start and on reload.
         self.write_delay = 0.0
         self._delayed_flush: asyncio.TimerHandle | None = None
+        # Sockets with a reply to write while a window is open (flushed alone, this tick).
+        self._replies: list[Any] = []
+        self._replies_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._malformed_logged: dict[str, float] = {}
         self.compression_threshold = compression_threshold
@@ -136,18 +141,32 @@ class Hub:
     def flush(self) -> None:
         self._flush_pending = False
         if self._delayed_flush is not None:
-            # An earlier flush (a reply's) takes the delayed events along, in order.
+            # An earlier flush (the delay was reloaded to 0) takes the delayed events along.
             self._delayed_flush.cancel()
             self._delayed_flush = None
         dirty, self.dirty = self.dirty, []
         hotpath.flush_dirty(dirty)
 
     def send(self, conn: Any, frame: bytes) -> bool:
-        """Queue one frame for one socket (ready, error, ack), in order with events."""
+        """Queue one frame for one socket (ready, error, ack), in order with events; written
+        this tick. While a write-delay window is open only this socket is written (with its
+        held events first): replies must not end every other socket's window."""
         ok = bool(conn.push(frame, self.dirty))
-        if self.dirty:
-            self.schedule_flush()
+        if self._delayed_flush is None:
+            if self.dirty:
+                self.schedule_flush()
+        else:
+            # The window's own flush empties self.dirty, so it cannot grow with replies.
+            self._replies.append(conn)
+            if not self._replies_pending:
+                self._replies_pending = True
+                self._get_loop().call_soon(self._flush_replies)
         return ok
+
+    def _flush_replies(self) -> None:
+        self._replies_pending = False
+        replies, self._replies = self._replies, []
+        hotpath.flush_dirty(replies)  # a socket already written by the window writes nothing
 
     # --- dispatch ---------------------------------------------------------------------------
     def build(self, subject: str, payload: bytes) -> BuiltEvent | None:
