@@ -44,7 +44,7 @@ async def test_events_are_held_together_and_replies_are_not(tmp_path: Path) -> N
 
             # the reply did not end the window (other sockets' events stay held); once it
             # has ended, the next event opens a new one and the events in it leave together
-            await asyncio.sleep(DELAY_S)
+            await asyncio.sleep(DELAY_S + 0.4)
             first_sent = await publish_at(server, {"event_id": "3"})
             await asyncio.sleep(0.1)
             await publish_at(server, {"event_id": "4"})

@@ -265,12 +265,12 @@ async def test_delay_reloaded_to_zero_writes_the_open_window_now(hub: Hub) -> No
     await tick()
     assert event_ids(conn) == ["0", "1"]
     assert len(conn.transport.writes) == 1
-    hub.write_delay = 0.4  # reloaded back: the next event must get a whole window of its own
+    hub.write_delay = 0.6  # reloaded again: the next event must get a whole window of its own
     await asyncio.sleep(0.2)
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # its window: until ~0.6 s
-    await asyncio.sleep(0.3)  # past the cancelled window's end
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # its window: until ~0.8 s
+    await asyncio.sleep(0.3)  # past the cancelled window's end (~0.4 s)
     assert event_ids(conn) == ["0", "1"]
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.4)
     assert event_ids(conn) == ["0", "1", "2"]
 
 

@@ -114,7 +114,7 @@ async def test_flush_sends_straight_to_the_socket(sq: ModuleType, pairs: list[Pa
 async def test_partial_send_goes_through_the_transport_in_order(sq: ModuleType, pairs: list[Pair]) -> None:
     pairs.append(p := await open_pair(small_buffers=True))
     q = queue(sq, p.transport)
-    big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers take
+    big = bytes(range(256)) * 2048  # 512 KiB: far more than the socket buffers take
     dirty: list[Any] = []
     q.push(big, dirty)
     sq.flush_dirty(dirty)
