@@ -256,7 +256,10 @@ async def test_queue_no_responders_drops_the_gone_pod_from_the_route_and_dws_pod
         finally:
             await nc.close()
         await clients[0].wait_for(lambda f: f.get("type") == "event", timeout=15)
-        assert wait_for(lambda: metric(a, "dws_forward_failures_total", reason="no_responders") >= 1, 5)
+        assert wait_for(lambda: metric(a, "dws_forward_failures_total", reason="no_responders") >= 1, 5), {
+            # seen once in a full CI run (not reproduced): say which path the forward took
+            reason: metric(a, "dws_forward_failures_total", reason=reason) for reason in ("timeout", "error")
+        } | {"naks": metric(a, "dws_forward_naks_total"), "warnings": [ln for ln in a.lines if ln.get("level") != "info"][-5:]}
         assert wait_for(lambda: gone not in r.smembers(route), 5), "removed from the route key used"
         assert wait_for(lambda: gone not in r.smembers("dws:pods"), 5), "removed from dws:pods too"
         assert metric(a, "dws_forward_naks_total") == 0  # not a NAK reason
