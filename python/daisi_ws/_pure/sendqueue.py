@@ -181,10 +181,8 @@ class SendQueue:
         if sock is not None and not transport._buffer and not transport._closing and not transport._conn_lost:
             try:
                 sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                pass
             except OSError:
-                pass  # transport.write meets the same error and runs asyncio's error path
+                pass  # EAGAIN, EINTR or an error: transport.write retries, buffers or closes
             else:
                 if sent == len(data):
                     return
