@@ -739,6 +739,30 @@ class BroadcastRig:
     def expected_bytes(self) -> int:
         return self.n * len(self.frame)
 
+    def daisi_transport_writes(self) -> int:
+        """One untimed daisi round with every `transport.write` counted: 0 when each flush went
+        straight to its socket (the direct send), n when it went through asyncio."""
+        calls = 0
+
+        def counting(write: Callable[[bytes], None]) -> Callable[[bytes], None]:
+            def spy(data: bytes) -> None:
+                nonlocal calls
+                calls += 1
+                write(data)
+
+            return spy
+
+        self.drain()
+        for tr in self.transports:
+            tr.write = counting(tr.write)  # an instance attribute shadows the method
+        try:
+            self.daisi()
+        finally:
+            for tr in self.transports:
+                del tr.write
+        assert self.drain() == self.expected_bytes()
+        return calls
+
     def measure(self, rounds: int = 200) -> dict[str, Any]:
         """Interleaved rounds; the median per-socket cost of each contender (µs)."""
         times: dict[str, list[float]] = {"raw": [], "daisi": [], "websockets": []}
@@ -760,6 +784,7 @@ class BroadcastRig:
             "us_per_socket": {k: round(v, 3) for k, v in med.items()},
             "daisi_vs_raw": round(med["daisi"] / med["raw"], 3),
             "websockets_vs_daisi": round(med["websockets"] / med["daisi"], 3),
+            "daisi_transport_writes": self.daisi_transport_writes(),
         }
 
     def close(self) -> None:

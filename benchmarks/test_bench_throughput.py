@@ -271,6 +271,8 @@ def test_broadcast_real(benchmark: Any, rig: lc.BroadcastRig, contender: str) ->
     fn = getattr(rig, contender)
     benchmark.pedantic(fn, setup=lambda: rig.drain() and None, rounds=300, iterations=1, warmup_rounds=5)
     assert rig.drain() == rig.expected_bytes(), "every socket must receive exactly one frame"
+    if contender == "daisi":
+        assert rig.daisi_transport_writes() == 0, "the flushes must send straight to the sockets"
     info = benchmark.extra_info
     info.update(sockets=rig.n, ops_per_call=rig.n, frame_bytes=len(rig.frame))
     stats = getattr(benchmark, "stats", None)
