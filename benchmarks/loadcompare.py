@@ -597,7 +597,7 @@ def point_line(res: dict[str, Any]) -> str:
     return (
         f"{res['server_kind']:15s} {res['options']['connections']:>6} sockets offered {d['offered_fps']:>9,.0f}/s "
         f"delivered {d['delivered_fps']:>9,.0f}/s p50 {lat['p50']:7.2f} p99 {lat['p99']:8.2f} ms "
-        f"drops {d['drops']:>7} server {c['server_us_per_frame']} µs/frame "
+        f"drops {d['drops']:>7} server {c['server_us_per_frame']} µs/frame ({c.get('server_kernel_us_per_frame')} kernel) "
         f"(core busy {c.get('server_cores', {}).get('busy')}) loadgen busy {c.get('loadgen_cpus', {}).get('busy')} "
         f"bg {c['background_cpu_s']} s -> {res['saturated']}"
     )
@@ -941,8 +941,8 @@ def markdown(out: dict[str, Any]) -> str:
     if "fixed" in out:
         lines += [
             "",
-            "| load | server | runs | delivered/s | p99 ms | server CPU µs/frame (process; median, range) | server core µs/frame (incl. softirq) | load generator CPU µs/frame | saturated | native |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| load | server | runs | delivered/s | p99 ms | server CPU µs/frame (process; median, range) | of it in the kernel (stime) | server core µs/frame (incl. softirq) | load generator CPU µs/frame | saturated | native |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for r in out["fixed"]:
@@ -954,7 +954,7 @@ def markdown(out: dict[str, Any]) -> str:
             lo, hi = runs[0]["cpu"]["server_us_per_frame"], runs[-1]["cpu"]["server_us_per_frame"]
             lines.append(
                 f"| {n} x {o['per_socket_rate']:g}/s | {kind} | {len(runs)} | {d['delivered_fps']:,.0f} | {d['latency_ms']['p99']:.1f} "
-                f"| {c['server_us_per_frame']} ({lo}-{hi}) | {c.get('server_core_us_per_frame')} | {c['loadgen_us_per_frame']} | {r['saturated']} | {r['server'].get('native')} |"
+                f"| {c['server_us_per_frame']} ({lo}-{hi}) | {c.get('server_kernel_us_per_frame')} | {c.get('server_core_us_per_frame')} | {c['loadgen_us_per_frame']} | {r['saturated']} | {r['server'].get('native')} |"
             )
     if "broadcast" in out:
         lines += ["", "| sockets | daisi-ws hub µs/socket | raw transport.write µs/socket | websockets.broadcast µs/socket | daisi/raw | websockets/daisi | native |", "|---|---|---|---|---|---|---|"]

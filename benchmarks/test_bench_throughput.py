@@ -11,7 +11,8 @@ The timed figure of the load benchmarks is the wall time of a whole load run; th
 that matter are in `extra_info` (report.py: group "throughput"):
 - max_throughput:   `best_fps` (delivered frames/s at p99 <= 100 ms, drops <= 0.1 %), `p99_ms`,
                     `saturated` (which side's core was >= 93 % busy), `vs_baseline`;
-- fixed_load:       `server_us_per_frame` (utime+stime per delivered frame), `server_core_us_per_frame`
+- fixed_load:       `server_us_per_frame` (utime+stime per delivered frame), `server_kernel_us_per_frame`
+                    (its stime part: socket sends and loopback TCP), `server_core_us_per_frame`
                     (core busy time incl. softirq), `loadgen_us_per_frame`, `vs_baseline`;
 - idle_memory:      `per_socket_kb`, `growth_mb`;
 - handshake_rate:   `handshakes_per_s`, `server_us_per_handshake`, `vs_baseline`;
@@ -171,6 +172,7 @@ def test_fixed_load(benchmark: Any, request: pytest.FixtureRequest, stack: lc.St
         p50_ms=d["latency_ms"]["p50"],
         p99_ms=d["latency_ms"]["p99"],
         server_us_per_frame=c["server_us_per_frame"],
+        server_kernel_us_per_frame=c["server_kernel_us_per_frame"],
         server_core_us_per_frame=c.get("server_core_us_per_frame"),
         server_core_busy=c.get("server_cores", {}).get("busy"),
         loadgen_us_per_frame=c["loadgen_us_per_frame"],

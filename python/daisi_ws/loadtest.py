@@ -113,6 +113,13 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return None if fields is None else _stat_cpu_seconds(fields)
 
 
+def proc_kernel_cpu_seconds(pid: int) -> float | None:
+    """stime of `pid`: its time in system calls, where a gateway's socket sends and loopback TCP
+    work are paid (None if unreadable)."""
+    fields = _proc_stat(pid)
+    return None if fields is None else int(fields[12]) / _CLK_TCK
+
+
 def proc_rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -1224,6 +1231,13 @@ class Coordinator:
         value = self._servers_sum(proc_cpu_seconds, "process_cpu_seconds_total")
         return None if value is None else round(value, 3)
 
+    def server_kernel_cpu(self, pid: int | None) -> float | None:
+        """The servers' summed stime; None unless every server's /proc is readable (/metrics
+        has only the sum of user and system time)."""
+        pids = self.pids or ([pid] if pid is not None else [])
+        values = [proc_kernel_cpu_seconds(p) for p in pids]
+        return None if not values or any(v is None for v in values) else round(sum(values), 3)  # type: ignore[arg-type]
+
     def server_affinity(self) -> list[int] | None:
         """The CPUs any server may run on (None if unknown)."""
         cpus: set[int] = set()
@@ -1380,6 +1394,7 @@ class Coordinator:
         expected_warm = 0
         expected = 0
         cpu_server0: float | None = None
+        kernel_server0: float | None = None
         cores0: dict[int, list[int]] = {}
         procs0: dict[int, float] = {}
         cpu_self0 = 0.0
@@ -1396,6 +1411,7 @@ class Coordinator:
                 if not marked and now >= measure_from:
                     marked = True
                     cpu_server0 = self.server_cpu(pid)
+                    kernel_server0 = self.server_kernel_cpu(pid)
                     cpu_self0 = cpu_seconds_self()
                     cores0 = cpu_times_per_core()
                     procs0 = all_process_cpu()
@@ -1429,6 +1445,7 @@ class Coordinator:
                     break
                 await asyncio.sleep(0.05)
             cpu_server1 = self.server_cpu(pid)
+            kernel_server1 = self.server_kernel_cpu(pid)
             cpu_self1 = cpu_seconds_self()
             cores1 = cpu_times_per_core()
             procs1 = all_process_cpu()
@@ -1486,6 +1503,8 @@ class Coordinator:
             "server_cpu_s": server_cpu,
             "server_util": round(server_cpu / window, 3) if server_cpu is not None and window > 0 else None,
             "server_us_per_frame": _per(server_cpu, measured, 1e6),
+            # the part of it spent in the kernel (stime): the floor no user-space code removes
+            "server_kernel_us_per_frame": _per(_delta(kernel_server0, kernel_server1), measured, 1e6),
             "loadgen_cpu_s": round(loadgen_cpu, 3),
             "loadgen_cores": cores,
             "loadgen_util": round(loadgen_cpu / window / cores, 3) if window > 0 else None,
@@ -1701,7 +1720,7 @@ def format_summary(res: dict[str, Any]) -> str:
         f"  latency    p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms"
         f" ({lat['samples']} samples)",
         f"  server CPU {c['server_cpu_s']} s over {c['window_s']} s (util {c['server_util']}),"
-        f" {c['server_us_per_frame']} µs per frame",
+        f" {c['server_us_per_frame']} µs per frame ({c['server_kernel_us_per_frame']} in the kernel)",
         f"  loadgen    {c['loadgen_cpu_s']} s CPU on {c['loadgen_cores']} core(s) (util {c['loadgen_util']}),"
         f" {c['loadgen_us_per_frame']} µs per frame; helpers {c['helpers_cpu_s']} s, other processes {c['background_cpu_s']} s CPU",
     ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -63,6 +65,30 @@ def test_every_event_reaches_every_socket_of_its_pair(keys_and_server: tuple[Key
     assert d["expected"] > 0
     assert d["received"] == d["expected"] and d["drop_ratio"] == 0
     assert 0 <= d["latency_ms"]["p50"] <= d["latency_ms"]["p99"]
+    c = res["cpu"]
+    assert c["server_kernel_us_per_frame"] is not None, "the server's pid was given: its stime must be read"
+    assert 0 <= c["server_kernel_us_per_frame"] <= c["server_us_per_frame"]
+
+
+def test_kernel_time_is_the_system_part_of_a_process_cpu() -> None:
+    """`server_kernel_us_per_frame` reads stime: a process busy in system calls shows it there,
+    and never more than its utime + stime."""
+    pid = os.getpid()
+    cpu0, kernel0 = loadtest.proc_cpu_seconds(pid), loadtest.proc_kernel_cpu_seconds(pid)
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end:
+            for _ in range(1000):
+                os.write(fd, b"x" * 4096)
+    finally:
+        os.close(fd)
+    cpu1, kernel1 = loadtest.proc_cpu_seconds(pid), loadtest.proc_kernel_cpu_seconds(pid)
+    assert None not in (cpu0, cpu1, kernel0, kernel1)
+    kernel = kernel1 - kernel0  # type: ignore[operator]
+    assert kernel > 0.02, f"400 ms of write(2) showed {kernel} s of system time"
+    assert kernel <= cpu1 - cpu0 + 0.02  # type: ignore[operator]
+    assert loadtest.proc_kernel_cpu_seconds(2**22 + 12345) is None  # no such process
 
 
 def test_human_summary_names_the_loop(keys_and_server: tuple[Keys, ServerProcess]) -> None:
