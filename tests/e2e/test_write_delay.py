@@ -1,5 +1,6 @@
-"""app.websocket_write_delay_ms: events wait for later ones and leave in one write; replies do
-not wait; a reload applies the new delay at once."""
+"""app.websocket_write_delay_ms: a socket written less than the delay ago holds its events for
+the window and takes them in one write; a quiet socket and replies do not wait; a reload
+applies the new delay at once."""
 
 from __future__ import annotations
 
@@ -42,25 +43,28 @@ async def test_events_are_held_together_and_replies_are_not(tmp_path: Path) -> N
             assert [f["payload"]["event_id"] for f in frames[:2]] == ["1", "2"]
             assert replied - asked < DELAY_S / 2, replied - asked
 
-            # the reply did not end the window (other sockets' events stay held); once it
-            # has ended, the next event opens a new one and the events in it leave together
+            # quiet for longer than the delay: the next event is written at once; events that
+            # follow it within the delay wait for the window and leave together
             await asyncio.sleep(DELAY_S + 0.4)
-            first_sent = await publish_at(server, {"event_id": "3"})
+            sent = await publish_at(server, {"event_id": "3"})
+            assert (await recv_json(ws))["payload"]["event_id"] == "3"
+            assert time.monotonic() - sent < DELAY_S / 2
+            sent = await publish_at(server, {"event_id": "4"})
             await asyncio.sleep(0.1)
-            await publish_at(server, {"event_id": "4"})
-            third = await recv_json(ws)
-            third_at = time.monotonic()
+            await publish_at(server, {"event_id": "5"})
             fourth = await recv_json(ws)
-            assert [third["payload"]["event_id"], fourth["payload"]["event_id"]] == ["3", "4"]
-            assert third_at - first_sent >= DELAY_S * 0.9, third_at - first_sent
-            assert time.monotonic() - third_at < 0.05  # the same write, not the next window
+            fourth_at = time.monotonic()
+            fifth = await recv_json(ws)
+            assert [fourth["payload"]["event_id"], fifth["payload"]["event_id"]] == ["4", "5"]
+            assert fourth_at - sent >= DELAY_S * 0.9, fourth_at - sent
+            assert time.monotonic() - fourth_at < 0.05  # the same write, not the next window
 
             # a reload applies at once: no delay from now on
             config.write_text("app:\n  websocket_write_delay_ms: 0\n")
             server.signal(signal.SIGHUP)
             assert wait_for(lambda: len(server.logged("config reloaded")) >= 1, timeout=5)
-            sent = await publish_at(server, {"event_id": "5"})
-            assert (await recv_json(ws))["payload"]["event_id"] == "5"
+            sent = await publish_at(server, {"event_id": "6"})
+            assert (await recv_json(ws))["payload"]["event_id"] == "6"
             assert time.monotonic() - sent < DELAY_S / 2
 
 

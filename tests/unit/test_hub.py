@@ -20,13 +20,14 @@ from tests.unit.fakes import RecordingTransport
 
 
 class FakeConn(hotpath.SendQueue):
-    __slots__ = ("deflate_bits", "name")
+    __slots__ = ("deflate_bits", "last_write", "name")
 
     def __init__(self, name: str, deflate_bits: int = 0) -> None:
         super().__init__(100, hotpath.POLICIES["drop_oldest"], hotpath.DropStats())
         self.name = name
         self.transport = RecordingTransport()
         self.deflate_bits = deflate_bits
+        self.last_write = 0.0
 
     def frames(self) -> list[dict[str, Any]]:
         """Decode everything written, with websockets' own frame parser."""
@@ -205,23 +206,42 @@ def event_ids(conn: FakeConn) -> list[str]:
     return [f["payload"]["event_id"] for f in conn.frames() if f["type"] == "event"]
 
 
-async def test_write_delay_holds_events_then_writes_each_socket_once(hub: Hub) -> None:
-    hub.write_delay = 0.05
+async def test_write_delay_holds_a_busy_sockets_events_then_writes_them_once(hub: Hub) -> None:
+    hub.write_delay = 0.2
     conns = [add_user(hub, f"u{i}", "c", "a") for i in range(3)]
     hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
-    await asyncio.sleep(0.02)  # events from later ticks join the window
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')
     await tick()
-    assert all(conn.transport.writes == [] for conn in conns)
-    await asyncio.sleep(0.06)
+    for conn in conns:  # quiet sockets: nothing to wait for
+        assert event_ids(conn) == ["0"]
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # written just now: held
+    await asyncio.sleep(0.05)  # events from later ticks join the window
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')
+    await tick()
+    assert all(len(conn.transport.writes) == 1 for conn in conns)
+    await asyncio.sleep(0.3)
     for conn in conns:
-        assert len(conn.transport.writes) == 1
-        assert event_ids(conn) == ["0", "1"]
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # the next window starts afresh
-    await asyncio.sleep(0.02)
-    assert len(conns[0].transport.writes) == 1
-    await asyncio.sleep(0.06)
-    assert event_ids(conns[0]) == ["0", "1", "2"]
+        assert len(conn.transport.writes) == 2
+        assert event_ids(conn) == ["0", "1", "2"]
+    await asyncio.sleep(0.25)  # quiet for longer than the delay: the next event goes at once
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"3"}')
+    await tick()
+    assert event_ids(conns[0]) == ["0", "1", "2", "3"]
+
+
+async def test_write_delay_does_not_hold_a_quiet_socket_for_a_busy_ones_window(hub: Hub) -> None:
+    hub.write_delay = 0.3
+    busy = add_user(hub, "busy", "c", "a")
+    quiet = add_user(hub, "quiet", "c", "b")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"b1"}')
+    await tick()
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"b2"}')  # held: the window is open
+    await tick()
+    hub.dispatch("websocket.c.b.chats", b'{"event_id":"q1"}')
+    await tick()
+    assert event_ids(quiet) == ["q1"]
+    assert event_ids(busy) == ["b1"]
+    await asyncio.sleep(0.4)
+    assert event_ids(busy) == ["b1", "b2"]
 
 
 async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
@@ -230,19 +250,41 @@ async def test_write_delay_does_not_hold_replies(hub: Hub) -> None:
     hub.write_delay = 0.3
     conn = add_user(hub, "u", "c", "a")
     other = add_user(hub, "o", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"first"}')
+    await tick()
     hub.dispatch("websocket.c.a.chats", b'{"event_id":"held"}')
     hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":1}}'))
     await tick()
-    assert [f["type"] for f in conn.frames()] == ["event", "ack"]
-    assert len(conn.transport.writes) == 1
-    assert other.transport.writes == [], "a reply must not end another socket's window"
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"later"}')  # joins the open window
+    assert [f["type"] for f in conn.frames()] == ["event", "event", "ack"]
+    assert len(conn.transport.writes) == 2
+    assert len(other.transport.writes) == 1, "a reply must not end another socket's window"
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"later"}')  # the reply was a write: held
     await asyncio.sleep(0.1)
-    assert event_ids(conn) == ["held"] and other.transport.writes == []
+    assert event_ids(conn) == ["first", "held"] and len(other.transport.writes) == 1
     await asyncio.sleep(0.3)
-    assert event_ids(conn) == ["held", "later"]
-    assert event_ids(other) == ["held", "later"]
-    assert len(other.transport.writes) == 1
+    assert event_ids(conn) == ["first", "held", "later"]
+    assert event_ids(other) == ["first", "held", "later"]
+    assert len(other.transport.writes) == 2
+
+
+async def test_a_window_that_writes_nothing_does_not_reset_the_sockets_clock(hub: Hub) -> None:
+    """A reply wrote the held events; the window's end finds nothing to write, so the socket
+    has been quiet since the reply and its next event goes at once."""
+    hub.write_delay = 0.2
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
+    await tick()
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # held until ~0.2 s
+    await tick()
+    assert event_ids(conn) == ["0"]
+    hub.send(conn, hotpath.build_text_frame(b'{"type":"ack","payload":{"id":1}}'))
+    await tick()
+    assert event_ids(conn) == ["0", "1"]
+    await asyncio.sleep(0.35)  # the window ended at ~0.2 s with nothing to write
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')
+    await tick()
+    assert event_ids(conn) == ["0", "1", "2"]
+    assert len(conn.transport.writes) == 3
 
 
 async def test_reply_without_a_window_is_written_this_tick(hub: Hub) -> None:
@@ -259,19 +301,23 @@ async def test_reply_without_a_window_is_written_this_tick(hub: Hub) -> None:
 async def test_delay_reloaded_to_zero_writes_the_open_window_now(hub: Hub) -> None:
     hub.write_delay = 0.4
     conn = add_user(hub, "u", "c", "a")
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')  # window until ~0.4 s
-    hub.write_delay = 0.0  # a reload
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
     await tick()
-    assert event_ids(conn) == ["0", "1"]
-    assert len(conn.transport.writes) == 1
-    hub.write_delay = 0.6  # reloaded again: the next event must get a whole window of its own
-    await asyncio.sleep(0.2)
-    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # its window: until ~0.8 s
-    await asyncio.sleep(0.3)  # past the cancelled window's end (~0.4 s)
-    assert event_ids(conn) == ["0", "1"]
-    await asyncio.sleep(0.4)
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # held: window until ~0.4 s
+    await tick()
+    assert event_ids(conn) == ["0"]
+    hub.write_delay = 0.0  # a reload
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')
+    await tick()
     assert event_ids(conn) == ["0", "1", "2"]
+    assert len(conn.transport.writes) == 2
+    hub.write_delay = 0.6  # reloaded again: the next held event must get a whole window of its own
+    await asyncio.sleep(0.2)
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"3"}')  # written 0.2 s ago: held until ~0.8 s
+    await asyncio.sleep(0.3)  # past the cancelled window's end (~0.4 s)
+    assert event_ids(conn) == ["0", "1", "2"]
+    await asyncio.sleep(0.4)
+    assert event_ids(conn) == ["0", "1", "2", "3"]
 
 
 async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:

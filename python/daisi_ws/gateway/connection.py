@@ -98,6 +98,7 @@ class Connection(hotpath.SendQueue):
         "gw",
         "kind",
         "last_pong",
+        "last_write",
         "next_ping",
         "opened_at",
         "proto",
@@ -137,6 +138,7 @@ class Connection(hotpath.SendQueue):
                 claims.subscribed_agent_id or "*",
             )
         self.chat: str | None = None
+        self.last_write = 0.0  # loop time of the hub's last write (the write delay's clock)
         now = time.monotonic()
         self.opened_at = now
         self.last_pong = now

@@ -2,8 +2,9 @@
 
 Encode once (the frame is shared by all recipients), push into the queues, and flush every
 dirty socket once per loop tick so a burst of events costs one write per socket. With a write
-delay (`app.websocket_write_delay_ms`) events wait up to that long for later ones, so a socket
-that gets several events within the window takes them in one write.
+delay (`app.websocket_write_delay_ms`) a socket written less than the delay ago holds its new
+events until the pod's window ends (at most the delay), so a busy socket takes several events
+per write; a socket quiet for the delay is written at once, as without one.
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ class Hub:
     """Owns the per-tick dirty list and the flush callback."""
 
     __slots__ = (
-        "_delayed_flush",
         "_flush_pending",
+        "_held",
         "_loop",
         "_malformed_logged",
         "_replies",
-        "_replies_pending",
+        "_window",
+        "_write_delay",
         "activity",
         "compression_threshold",
         "compression_used",
@@ -92,7 +94,6 @@ class Hub:
         "log",
         "metrics",
         "registry",
-        "write_delay",
     )
 
     def __init__(self, registry: Registry, metrics: Metrics, log: Logger, compression_threshold: int) -> None:
@@ -101,13 +102,12 @@ class Hub:
         self.log = log
         self.dirty: list[Any] = []
         self._flush_pending = False
-        # Seconds an event may wait for later ones before its sockets are written (0 = this
-        # tick); the gateway sets it from app.websocket_write_delay_ms, at start and on reload.
-        self.write_delay = 0.0
-        self._delayed_flush: asyncio.TimerHandle | None = None
-        # Sockets with a reply to write while a window is open (flushed alone, this tick).
-        self._replies: list[Any] = []
-        self._replies_pending = False
+        # Seconds a socket's events may wait after its last write (0 = written this tick); the
+        # gateway sets it from app.websocket_write_delay_ms, at start and on reload.
+        self._write_delay = 0.0
+        self._held: list[Any] = []  # sockets whose events wait for the window's end
+        self._window: asyncio.TimerHandle | None = None
+        self._replies: list[Any] = []  # sockets with a reply, while a delay is set
         self._loop: asyncio.AbstractEventLoop | None = None
         self._malformed_logged: dict[str, float] = {}
         self.compression_threshold = compression_threshold
@@ -124,49 +124,77 @@ class Hub:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
+    @property
+    def write_delay(self) -> float:
+        return self._write_delay
+
+    @write_delay.setter
+    def write_delay(self, seconds: float) -> None:
+        self._write_delay = seconds
+        if seconds <= 0.0 and (self._held or self._replies):
+            self.schedule_flush()  # reloaded to 0: what waits is written this tick
+
     def schedule_flush(self) -> None:
-        """Flush at the end of this loop tick (replies, and events without a write delay)."""
+        """Flush at the end of this loop tick."""
         if not self._flush_pending:
             self._flush_pending = True
             self._get_loop().call_soon(self.flush)
 
-    def schedule_event_flush(self) -> None:
-        """Events: with a write delay, the first one after a flush opens a window that every
-        later event joins; one timer for all sockets, not one per socket."""
-        if self.write_delay <= 0.0:
-            self.schedule_flush()
-        elif not self._flush_pending and self._delayed_flush is None:
-            self._delayed_flush = self._get_loop().call_later(self.write_delay, self.flush)
-
     def flush(self) -> None:
+        """Write the sockets queued this tick. With a write delay, a socket written less than
+        the delay ago is held for the pod's window instead (one timer for all of them), so a
+        busy socket gets at most one event write per delay and a quiet one waits for nothing."""
         self._flush_pending = False
-        if self._delayed_flush is not None:
-            # An earlier flush (the delay was reloaded to 0) takes the delayed events along.
-            self._delayed_flush.cancel()
-            self._delayed_flush = None
         dirty, self.dirty = self.dirty, []
-        hotpath.flush_dirty(dirty)
+        delay = self._write_delay
+        if delay <= 0.0:
+            if self._held or self._replies:  # the delay was reloaded to 0: nothing waits now
+                self._end_window()
+                dirty += self._replies
+                self._replies = []
+            hotpath.flush_dirty(dirty)
+            return
+        now = self._get_loop().time()
+        if self._replies:
+            # ready, error, ack: written now, with the socket's held events first
+            replies, self._replies = self._replies, []
+            self._write_now(replies, now)
+        recent = now - delay
+        held = self._held
+        write: list[Any] = []
+        for q in dirty:
+            if q.last_write <= recent or q.overflow:
+                write.append(q)
+            elif q.dirty:  # not dirty: a reply above has just written it
+                held.append(q)
+        if write:
+            self._write_now(write, now)
+        if held and self._window is None:
+            self._window = self._get_loop().call_later(delay, self._end_window)
+
+    def _write_now(self, queues: list[Any], now: float) -> None:
+        hotpath.flush_dirty(queues[:])  # flush_dirty empties the list it is given
+        for q in queues:
+            q.last_write = now
+
+    def _end_window(self) -> None:
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        held, self._held = self._held, []
+        # A socket a reply has written since is clean: it writes nothing, and its clock stays
+        # at that write.
+        self._write_now([q for q in held if q.dirty], self._get_loop().time())
 
     def send(self, conn: Any, frame: bytes) -> bool:
         """Queue one frame for one socket (ready, error, ack), in order with events; written
-        this tick. While a write-delay window is open only this socket is written (with its
-        held events first): replies must not end every other socket's window."""
+        this tick, also while the socket's events are held (it takes them along)."""
         ok = bool(conn.push(frame, self.dirty))
-        if self._delayed_flush is None:
-            if self.dirty:
-                self.schedule_flush()
-        else:
-            # The window's own flush empties self.dirty, so it cannot grow with replies.
+        if self._write_delay > 0.0 or self._held:
             self._replies.append(conn)
-            if not self._replies_pending:
-                self._replies_pending = True
-                self._get_loop().call_soon(self._flush_replies)
+        if self.dirty or self._replies:
+            self.schedule_flush()
         return ok
-
-    def _flush_replies(self) -> None:
-        self._replies_pending = False
-        replies, self._replies = self._replies, []
-        hotpath.flush_dirty(replies)  # a socket already written by the window writes nothing
 
     # --- dispatch ---------------------------------------------------------------------------
     def build(self, subject: str, payload: bytes) -> BuiltEvent | None:
@@ -261,7 +289,7 @@ class Hub:
             for members in targets:
                 delivered += hotpath.fanout(frame, members, dirty)
         if dirty:
-            self.schedule_event_flush()
+            self.schedule_flush()
         if delivered:
             self.metrics.sent_event.inc(delivered)
             if users and self.activity is not None:
