@@ -344,8 +344,11 @@ async def test_metrics_move(server: ServerProcess) -> None:
     fail0 = metric(server, "dws_auth_failure_total", token_type="company", reason="invalid_format_or_content")
     success0 = metric(server, "dws_auth_success_total", token_type="company")
     received0 = {t: metric(server, "dws_messages_received_total", message_type=t) for t in ("select_chat", "ready", "invalid_json", "unknown")}
+    writes0 = metric(server, "dws_websocket_writes_total")
     async with connect(server.user_url("m", "a", "u1")) as ws:
         assert await recv_text(ws) == '{"type":"ready"}'
+        writes1 = metric(server, "dws_websocket_writes_total")
+        assert writes1 in (writes0 + 1, writes0 + 2)  # the 101 and ready: one write, or two
         assert metric(server, "dws_active_connections") == active0 + 1
         assert metric(server, "dws_connections_total") == total0 + 1
         assert metric(server, "dws_messages_sent_total", message_type="ready") == ready0 + 1
@@ -354,6 +357,7 @@ async def test_metrics_move(server: ServerProcess) -> None:
         publish_ok(server, "websocket.m.a.chats", {})
         await recv_text(ws)
         assert metric(server, "dws_messages_sent_total", message_type="event") == events0 + 1
+        assert metric(server, "dws_websocket_writes_total") == writes1 + 1
         for text in ('{"type":"select_chat","chat_id":"c","id":1}', '{"type":"ready"}', "{bad", '{"type":"x"}'):
             await ws.send(text)
             await recv_text(ws)

@@ -200,6 +200,7 @@ async def test_burst_is_coalesced_into_one_write_per_socket(hub: Hub) -> None:
     for conn in conns:
         assert len(conn.transport.writes) == 1
         assert [f["payload"]["event_id"] for f in conn.frames()] == [str(i) for i in range(10)]
+    assert hub.socket_writes == 3  # dws_websocket_writes_total
 
 
 def event_ids(conn: FakeConn) -> list[str]:
@@ -222,6 +223,7 @@ async def test_write_delay_holds_a_busy_sockets_events_then_writes_them_once(hub
     for conn in conns:
         assert len(conn.transport.writes) == 2
         assert event_ids(conn) == ["0", "1", "2"]
+    assert hub.socket_writes == 6  # three sockets, two writes each: the window's counts too
     await asyncio.sleep(0.25)  # quiet for longer than the delay: the next event goes at once
     hub.dispatch("websocket.c.a.chats", b'{"event_id":"3"}')
     await tick()

@@ -404,9 +404,9 @@ def fanout(frame, queues, dirty):
 
 
 def flush_dirty(dirty):
-    """Flush each dirty queue once (one write per socket) and empty the list."""
-    cdef object written = 0
-    cdef Py_ssize_t fast_written = 0
+    """Flush each dirty queue once (one write per socket) and empty the list. Returns the
+    number of queues that wrote (the pod's socket-writes counter)."""
+    cdef Py_ssize_t writes = 0
     cdef type t, last_type = None
     cdef bint fast = False
     for q in dirty:
@@ -415,8 +415,9 @@ def flush_dirty(dirty):
             last_type = t
             fast = _uses_base(t, "flush", _FLUSH)
         if fast:
-            fast_written += (<SendQueue>q)._flush()
-        else:
-            written += q.flush()
+            if (<SendQueue>q)._flush():
+                writes += 1
+        elif q.flush():
+            writes += 1
     dirty.clear()
-    return written + fast_written
+    return writes

@@ -239,9 +239,11 @@ def fanout(frame: bytes, queues: Any, dirty: list[Any]) -> int:
 
 
 def flush_dirty(dirty: list[Any]) -> int:
-    """Flush each dirty queue once (one write per socket) and empty the list."""
-    written = 0
+    """Flush each dirty queue once (one write per socket) and empty the list. Returns the
+    number of queues that wrote (the pod's socket-writes counter)."""
+    writes = 0
     for q in dirty:
-        written += q.flush()
+        if q.flush():
+            writes += 1
     dirty.clear()
-    return written
+    return writes

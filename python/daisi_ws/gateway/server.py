@@ -131,6 +131,7 @@ class Gateway:
         self.apply_settings(settings)
         metrics.bind_buffer_gauges(self._buffer_used, self._buffer_capacity)
         metrics.add_count_source(self._drop_counts)
+        metrics.add_count_source(self._write_counts)
 
     def apply_settings(self, settings: Settings) -> None:
         """Settings that apply at once on reload (socket settings to later sockets)."""
@@ -145,6 +146,9 @@ class Gateway:
     # --- metrics read at scrape time ---------------------------------------------------------
     def _drop_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
         return [("dws_websocket_messages_dropped", (reason,), n) for reason, n in self.drop_stats.as_dict().items()]
+
+    def _write_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
+        return [("dws_websocket_writes", (), self.hub.socket_writes)]
 
     def _buffer_used(self) -> float:
         return float(sum(len(c) for c in self.registry.all))
