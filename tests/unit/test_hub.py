@@ -289,6 +289,22 @@ async def test_a_window_that_writes_nothing_does_not_reset_the_sockets_clock(hub
     assert len(conn.transport.writes) == 3
 
 
+async def test_write_delay_never_holds_an_overflowed_socket(hub: Hub) -> None:
+    """The `close` policy's overflow is acted on at the next flush, held or not: a socket that
+    must close with 1008 does not wait for the window."""
+    hub.write_delay = 0.3
+    conn = add_user(hub, "u", "c", "a")
+    conn.policy = hotpath.POLICIES["close"]
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
+    await tick()  # written: from now on the socket counts as busy
+    conn.paused = True  # its transport pushes back, so the ring fills
+    for i in range(101):
+        hub.dispatch("websocket.c.a.chats", orjson.dumps({"event_id": str(i + 1)}))
+    assert conn.overflow
+    await tick()
+    assert conn.closed, "the overflow must not wait for the window"
+
+
 async def test_reply_without_a_window_is_written_this_tick(hub: Hub) -> None:
     hub.write_delay = 0.3
     conn = add_user(hub, "u", "c", "a")
