@@ -84,7 +84,6 @@ class Hub:
         "_held",
         "_loop",
         "_malformed_logged",
-        "_replies",
         "_window",
         "_write_delay",
         "activity",
@@ -108,7 +107,6 @@ class Hub:
         self._write_delay = 0.0
         self._held: list[Any] = []  # sockets whose events wait for the window's end
         self._window: asyncio.TimerHandle | None = None
-        self._replies: list[Any] = []  # sockets with a reply, while a delay is set
         # Writes the flushes made, each carrying every frame then queued for its socket
         # (dws_websocket_writes_total: frames sent / writes shows what coalescing saves).
         self.socket_writes = 0
@@ -135,7 +133,7 @@ class Hub:
     @write_delay.setter
     def write_delay(self, seconds: float) -> None:
         self._write_delay = seconds
-        if seconds <= 0.0 and (self._held or self._replies):
+        if seconds <= 0.0 and self._held:
             self.schedule_flush()  # reloaded to 0: what waits is written this tick
 
     def schedule_flush(self) -> None:
@@ -152,24 +150,18 @@ class Hub:
         dirty, self.dirty = self.dirty, []
         delay = self._write_delay
         if delay <= 0.0:
-            if self._held or self._replies:  # the delay was reloaded to 0: nothing waits now
+            if self._held:  # the delay was reloaded to 0: nothing waits now
                 self._end_window()
-                dirty += self._replies
-                self._replies = []
             self.socket_writes += hotpath.flush_dirty(dirty)
             return
         now = self._get_loop().time()
-        if self._replies:
-            # ready, error, ack: written now, with the socket's held events first
-            replies, self._replies = self._replies, []
-            self._write_now(replies, now)
         recent = now - delay
         held = self._held
         write: list[Any] = []
         for q in dirty:
             if q.last_write <= recent or q.overflow:
                 write.append(q)
-            elif q.dirty:  # not dirty: a reply above has just written it
+            elif q.dirty:  # not dirty: written since it was queued (listed twice, or flushed directly)
                 held.append(q)
         if write:
             self._write_now(write, now)
@@ -177,26 +169,29 @@ class Hub:
             self._window = self._get_loop().call_later(delay, self._end_window)
 
     def _write_now(self, queues: list[Any], now: float) -> None:
-        self.socket_writes += hotpath.flush_dirty(queues[:])  # it empties the list it is given
         for q in queues:
             q.last_write = now
+        self.socket_writes += hotpath.flush_dirty(queues)  # empties the list
 
     def _end_window(self) -> None:
         if self._window is not None:
             self._window.cancel()
             self._window = None
         held, self._held = self._held, []
-        # A socket a reply has written since is clean: it writes nothing, and its clock stays
-        # at that write.
+        # A socket a reply has written since is clean: it would write nothing, and its clock
+        # stays at that write.
         self._write_now([q for q in held if q.dirty], self._get_loop().time())
 
     def send(self, conn: Any, frame: bytes) -> bool:
         """Queue one frame for one socket (ready, error, ack), in order with events; written
-        this tick, also while the socket's events are held (it takes them along)."""
+        this tick. A reply is never held: its socket counts as quiet for this tick's flush,
+        which writes it with its held events first."""
+        queued = conn.dirty  # in this tick's list already, or held for the window
         ok = bool(conn.push(frame, self.dirty))
-        if self._write_delay > 0.0 or self._held:
-            self._replies.append(conn)
-        if self.dirty or self._replies:
+        if queued and self._held:
+            self.dirty.append(conn)  # possibly held: this tick's flush must see it
+        conn.last_write = 0.0
+        if self.dirty:
             self.schedule_flush()
         return ok
 
