@@ -1234,9 +1234,13 @@ class Coordinator:
     def server_kernel_cpu(self, pid: int | None) -> float | None:
         """The servers' summed stime; None unless every server's /proc is readable (/metrics
         has only the sum of user and system time)."""
-        pids = self.pids or ([pid] if pid is not None else [])
-        values = [proc_kernel_cpu_seconds(p) for p in pids]
-        return None if not values or any(v is None for v in values) else round(sum(values), 3)  # type: ignore[arg-type]
+        total = None
+        for p in self.pids or ([pid] if pid is not None else []):
+            value = proc_kernel_cpu_seconds(p)
+            if value is None:
+                return None
+            total = (total or 0.0) + value
+        return None if total is None else round(total, 3)
 
     def server_affinity(self) -> list[int] | None:
         """The CPUs any server may run on (None if unknown)."""
