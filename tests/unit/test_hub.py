@@ -338,6 +338,40 @@ async def test_delay_reloaded_to_zero_writes_the_open_window_now(hub: Hub) -> No
     assert event_ids(conn) == ["0", "1", "2", "3"]
 
 
+async def test_delay_reloaded_to_another_length_writes_the_open_window_now(hub: Hub) -> None:
+    """A window of the old length must not outlive the reload: cut from 1 s to 0.1 s, what
+    waits goes out now, and the next held event waits for a window of the new length."""
+    hub.write_delay = 1.0
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
+    await tick()
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # held: window until ~1 s
+    await tick()
+    hub.write_delay = 0.1  # a reload
+    await tick()
+    assert event_ids(conn) == ["0", "1"]
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"2"}')  # written just now: held ~0.1 s
+    await tick()
+    assert event_ids(conn) == ["0", "1"]
+    await asyncio.sleep(0.3)
+    assert event_ids(conn) == ["0", "1", "2"]
+    assert len(conn.transport.writes) == 3
+
+
+async def test_reloading_the_same_delay_keeps_the_window(hub: Hub) -> None:
+    hub.write_delay = 0.3
+    conn = add_user(hub, "u", "c", "a")
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"0"}')
+    await tick()
+    hub.dispatch("websocket.c.a.chats", b'{"event_id":"1"}')  # held: window until ~0.3 s
+    await tick()
+    hub.write_delay = 0.3  # a reload that changed other keys
+    await tick()
+    assert event_ids(conn) == ["0"]
+    await asyncio.sleep(0.4)
+    assert event_ids(conn) == ["0", "1"]
+
+
 async def test_write_delay_full_ring_is_written_not_dropped(hub: Hub) -> None:
     """More events than the ring holds within one window go out early; none is dropped."""
     hub.write_delay = 0.5

@@ -106,7 +106,7 @@ class Hub:
         # gateway sets it from app.websocket_write_delay_ms, at start and on reload.
         self._write_delay = 0.0
         self._held: list[Any] = []  # sockets whose events wait for the window's end
-        self._window: asyncio.TimerHandle | None = None
+        self._window: asyncio.Handle | None = None
         # Writes the flushes made, each carrying every frame then queued for its socket
         # (dws_websocket_writes_total: frames sent / writes shows what coalescing saves).
         self.socket_writes = 0
@@ -132,9 +132,12 @@ class Hub:
 
     @write_delay.setter
     def write_delay(self, seconds: float) -> None:
+        changed = seconds != self._write_delay
         self._write_delay = seconds
-        if seconds <= 0.0 and self._held:
-            self.schedule_flush()  # reloaded to 0: what waits is written this tick
+        if changed and self._window is not None:
+            # Reloaded: what waits for a window of the old length is written this tick.
+            self._window.cancel()
+            self._window = self._get_loop().call_soon(self._end_window)
 
     def schedule_flush(self) -> None:
         """Flush at the end of this loop tick."""
@@ -150,8 +153,6 @@ class Hub:
         dirty, self.dirty = self.dirty, []
         delay = self._write_delay
         if delay <= 0.0:
-            if self._held:  # the delay was reloaded to 0: nothing waits now
-                self._end_window()
             self.socket_writes += hotpath.flush_dirty(dirty)
             return
         now = self._get_loop().time()
