@@ -51,7 +51,7 @@ _TWIN_EXPORTS = {
         "build_frame_header",
         "build_text_frame",
     ),
-    "sendqueue": ("POLICIES", "DropStats", "SendQueue", "fanout", "flush_dirty"),
+    "sendqueue": ("POLICIES", "SendStats", "SendQueue", "fanout", "flush_dirty"),
     "tokencache": ("TokenCache",),
 }
 TWINS = ("native", "pure")
@@ -155,7 +155,7 @@ def queue_class(twin: Any) -> type:
 
 def make_queues(twin: Any, n: int, capacity: int = 100) -> list[Any]:
     cls = queue_class(twin)
-    stats = twin.DropStats()
+    stats = twin.SendStats()
     policy = twin.POLICIES["drop_oldest"]
     out = []
     for _ in range(n):

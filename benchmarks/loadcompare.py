@@ -656,7 +656,7 @@ class BroadcastRig:
         self.registry = Registry()
         self.hub = Hub(self.registry, metrics(), Logger("loadcompare", "error"), 1 << 30)
         self.hub._loop = _NoLoop()  # type: ignore[assignment]  # flush is called explicitly
-        stats = hotpath.DropStats()
+        stats = hotpath.SendStats()
         policy = hotpath.POLICIES["drop_oldest"]
         cls = type("RigConn", (hotpath.SendQueue,), {"__slots__": ("deflate_bits",)})
         for tr in self.transports:

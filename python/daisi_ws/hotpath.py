@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # both twins share one API; type-check against the pure one
         build_frame_header,
         build_text_frame,
     )
-    from daisi_ws._pure.sendqueue import POLICIES, DropStats, SendQueue, fanout, flush_dirty
+    from daisi_ws._pure.sendqueue import POLICIES, SendQueue, SendStats, fanout, flush_dirty
     from daisi_ws._pure.tokencache import TokenCache
 else:
     _twin = "daisi_ws._pure"
@@ -55,7 +55,7 @@ else:
     build_frame_header = _framing.build_frame_header
     build_text_frame = _framing.build_text_frame
     POLICIES = _sendqueue.POLICIES
-    DropStats = _sendqueue.DropStats
+    SendStats = _sendqueue.SendStats
     SendQueue = _sendqueue.SendQueue
     fanout = _sendqueue.fanout
     flush_dirty = _sendqueue.flush_dirty
@@ -64,8 +64,8 @@ else:
 __all__ = [
     "NATIVE",
     "POLICIES",
-    "DropStats",
     "SendQueue",
+    "SendStats",
     "TokenCache",
     "build_close_frame",
     "build_error_frame",

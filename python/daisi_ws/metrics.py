@@ -30,7 +30,7 @@ SCRAPED_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dws_token_cache_misses": ("Token cache misses", ("token_type",)),
     "dws_websocket_messages_dropped": ("Outbound frames discarded", ("reason",)),
     # Not in the Go service: how many frames a write carries (write delay, bursts).
-    "dws_websocket_writes": ("Socket writes by the pod's flushes, each of every frame then queued for its socket", ()),
+    "dws_websocket_writes": ("Socket writes of queued frames (events, replies), each of every frame then queued for its socket", ()),
 }
 
 

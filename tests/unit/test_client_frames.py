@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
@@ -86,15 +87,29 @@ async def test_frames_the_transport_cannot_take_at_the_close_are_discarded_and_c
     conn.pause_writing()  # the peer stopped reading
     gw.deliver("websocket.c1.a1.chats", b'{"event_id":"e1"}')
     await tick()
-    dropped = gw.drop_stats.socket_closed
+    dropped = gw.send_stats.socket_closed
     conn.data_received(client_frame(Opcode.CLOSE, Close(1000, "").serialize()))
     await tick()
-    assert gw.drop_stats.socket_closed == dropped + 1
+    assert gw.send_stats.socket_closed == dropped + 1
     assert len(conn) == 0
     assert server_frames(transport)[-1] == (Opcode.CLOSE, Close(1000, "").serialize())
     conn.resume_writing()
     await tick()
     assert server_frames(transport)[-1][0] == Opcode.CLOSE
+
+
+async def test_the_write_a_resumed_socket_makes_is_counted(gw: Gateway) -> None:
+    """dws_websocket_writes_total counts every write of queued frames, not the hub's only."""
+    conn, transport = await open_socket(gw, "u4")
+    conn.pause_writing()  # the peer stopped reading
+    gw.deliver("websocket.c1.a1.chats", b'{"event_id":"e1"}')
+    gw.deliver("websocket.c1.a1.chats", b'{"event_id":"e2"}')
+    await tick()
+    writes = gw.send_stats.writes
+    conn.resume_writing()
+    assert gw.send_stats.writes == writes + 1
+    events = [orjson.loads(data)["payload"]["event_id"] for _, data in server_frames(transport)[-2:]]
+    assert events == ["e1", "e2"]
 
 
 async def test_an_echo_the_drop_policy_refuses_is_not_counted_as_sent() -> None:
@@ -104,10 +119,10 @@ async def test_an_echo_the_drop_policy_refuses_is_not_counted_as_sent() -> None:
     conn, _ = await open_socket(gw, "u3")
     conn.pause_writing()
     gw.deliver("websocket.c1.a1.chats", b'{"event_id":"fills-the-ring"}')
-    sent, dropped = counted(gw.metrics.sent_ready), gw.drop_stats.newest
+    sent, dropped = counted(gw.metrics.sent_ready), gw.send_stats.newest
     conn.data_received(client_frame(Opcode.TEXT, b'{"type":"ready"}'))
     await tick()
-    assert gw.drop_stats.newest == dropped + 1
+    assert gw.send_stats.newest == dropped + 1
     assert counted(gw.metrics.sent_ready) == sent
 
 

@@ -905,10 +905,10 @@ def test_adaptive_upper_bound_even_when_disabled(
 
 def test_tokencache_and_sendqueue_take_the_maxima() -> None:
     """The compiled (and pure) classes the maxima feed accept them: no OverflowError later."""
-    from daisi_ws.hotpath import DropStats, SendQueue, TokenCache
+    from daisi_ws.hotpath import SendQueue, SendStats, TokenCache
 
     assert TokenCache(INT_MAX).max_entries == INT_MAX
-    queue = SendQueue(BUFFER_MAX, 2, DropStats())  # policy `block`: 8 x capacity frames
+    queue = SendQueue(BUFFER_MAX, 2, SendStats())  # policy `block`: 8 x capacity frames
     assert queue.capacity * 8 <= INT_MAX
 
 

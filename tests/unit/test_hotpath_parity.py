@@ -197,7 +197,7 @@ class World:
                 self.discard_pending()
 
         self.sq = sq
-        self.stats = sq.DropStats()
+        self.stats = sq.SendStats()
         self.queues: list[Any] = []
         self.transports: list[FakeTransport] = []
         for i, (capacity, policy, subclass, attached, paused) in enumerate(specs):
@@ -274,7 +274,7 @@ class World:
             for q in self.queues
         ]
         dirty = [next(j for j, x in enumerate(self.queues) if x is q) for q in self.dirty]
-        return queues, dirty, self.stats.as_dict(), [t.writes for t in self.transports]
+        return queues, dirty, self.stats.drops_by_reason(), self.stats.writes, [t.writes for t in self.transports]
 
 
 Q = st.integers(0, 3)
@@ -332,7 +332,7 @@ def test_fanout_over_sets_agrees(shape: list[tuple[int, bool]], f: int) -> None:
     pure, native = both("sendqueue")
     results = []
     for sq in (pure, native):
-        stats = sq.DropStats()
+        stats = sq.SendStats()
         queues = []
         for capacity, paused in shape:
             q = sq.SendQueue(capacity, sq.DROP_OLDEST, stats)
@@ -340,7 +340,7 @@ def test_fanout_over_sets_agrees(shape: list[tuple[int, bool]], f: int) -> None:
             queues.append(q)
         dirty: list[Any] = []
         delivered = [sq.fanout(FRAMES[f], set(queues), dirty) for _ in range(5)]
-        results.append((delivered, [len(q) for q in queues], len(dirty), stats.as_dict()))
+        results.append((delivered, [len(q) for q in queues], len(dirty), stats.drops_by_reason()))
     assert results[0] == results[1]
 
 
@@ -352,15 +352,15 @@ def _drop_with_stats(m: ModuleType, stats: Any) -> Any:
 
 
 BAD_QUEUE_CALLS: list[Callable[[ModuleType], Any]] = [
-    lambda m: m.SendQueue(0, 0, m.DropStats()),
-    lambda m: m.SendQueue(-3, 0, m.DropStats()),
-    lambda m: m.SendQueue(1, 9, m.DropStats()),
-    lambda m: m.SendQueue(1, -1, m.DropStats()),
-    lambda m: m.SendQueue(1, "drop_oldest", m.DropStats()),
-    lambda m: m.SendQueue("3", 0, m.DropStats()),
-    lambda m: m.SendQueue(None, 0, m.DropStats()),
+    lambda m: m.SendQueue(0, 0, m.SendStats()),
+    lambda m: m.SendQueue(-3, 0, m.SendStats()),
+    lambda m: m.SendQueue(1, 9, m.SendStats()),
+    lambda m: m.SendQueue(1, -1, m.SendStats()),
+    lambda m: m.SendQueue(1, "drop_oldest", m.SendStats()),
+    lambda m: m.SendQueue("3", 0, m.SendStats()),
+    lambda m: m.SendQueue(None, 0, m.SendStats()),
     lambda m: m.SendQueue(1, 0),
-    lambda m: m.SendQueue(1, 0, m.DropStats()).push(b"a", None),
+    lambda m: m.SendQueue(1, 0, m.SendStats()).push(b"a", None),
     lambda m: _drop_with_stats(m, None),
     lambda m: _drop_with_stats(m, object()),
     lambda m: m.fanout(b"a", None, []),
@@ -381,7 +381,7 @@ def test_block_expiry_with_bad_clock_agrees() -> None:
     pure, native = both("sendqueue")
     outs = []
     for sq in (pure, native):
-        q = sq.SendQueue(1, sq.BLOCK, sq.DropStats())
+        q = sq.SendQueue(1, sq.BLOCK, sq.SendStats())
         q.paused = True
         q.push(b"a", [])
         q.push(b"b", [])

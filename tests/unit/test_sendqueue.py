@@ -33,7 +33,7 @@ class Transport:
 
 
 def make(sq: ModuleType, capacity: int = 4, policy: str = "drop_oldest", transport: bool = True) -> Any:
-    q = sq.SendQueue(capacity, sq.POLICIES[policy], sq.DropStats())
+    q = sq.SendQueue(capacity, sq.POLICIES[policy], sq.SendStats())
     if transport:
         q.transport = Transport(q)
     return q
@@ -47,7 +47,7 @@ def test_constants(sq: ModuleType) -> None:
     assert sq.POLICIES == {"drop_oldest": 0, "drop_newest": 1, "block": 2, "close": 3}
     assert (sq.DROP_OLDEST, sq.DROP_NEWEST, sq.BLOCK, sq.CLOSE) == (0, 1, 2, 3)
     assert sq.BLOCK_HARD_LIMIT_FACTOR == 8
-    assert sq.DropStats().as_dict() == {
+    assert sq.SendStats().drops_by_reason() == {
         "buffer_full_dropped_oldest": 0,
         "buffer_full_dropped_newest": 0,
         "buffer_full_block_timeout": 0,
@@ -57,7 +57,7 @@ def test_constants(sq: ModuleType) -> None:
 
 
 def test_initial_state(sq: ModuleType) -> None:
-    stats = sq.DropStats()
+    stats = sq.SendStats()
     q = sq.SendQueue(3, sq.BLOCK, stats)
     assert (q.capacity, q.policy, q.stats, q.transport) == (3, sq.BLOCK, stats, None)
     assert (q.dirty, q.paused, q.closed, q.overflow, q.full_since, len(q)) == (False, False, False, False, 0.0, 0)
@@ -66,9 +66,9 @@ def test_initial_state(sq: ModuleType) -> None:
 @pytest.mark.parametrize(("args", "message"), [((0, 0), "capacity must be >= 1"), ((1, 9), "unknown policy 9"), ((1, "x"), "unknown policy x")])
 def test_bad_arguments(sq: ModuleType, args: tuple[Any, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        sq.SendQueue(*args, sq.DropStats())
+        sq.SendQueue(*args, sq.SendStats())
     with pytest.raises(TypeError):
-        sq.SendQueue("3", 0, sq.DropStats())
+        sq.SendQueue("3", 0, sq.SendStats())
 
 
 def test_push_marks_dirty_once_and_flush_coalesces(sq: ModuleType) -> None:
@@ -193,8 +193,9 @@ def test_close_policy_overflow_calls_on_overflow_at_flush(sq: ModuleType) -> Non
     assert q.push(b"c", dirty) is False
     assert q.overflow and len(q) == 0 and q.stats.closed == 3
     assert dirty == [q]
-    assert sq.flush_dirty(dirty) == 0
+    sq.flush_dirty(dirty)
     assert q.closed and dirty == []  # the base on_overflow() just closes
+    assert q.stats.writes == 0
 
 
 def test_burst_bigger_than_ring_is_written_now(sq: ModuleType) -> None:
@@ -207,6 +208,7 @@ def test_burst_bigger_than_ring_is_written_now(sq: ModuleType) -> None:
     assert len(q) == 1 and q.stats.oldest == 0
     q.flush()
     assert q.transport.writes[-1] == sent[6]
+    assert q.stats.writes == 3  # the early writes count as well as the flush's
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "block", "close"])
@@ -217,7 +219,7 @@ def test_burst_write_that_pauses_keeps_the_frame(sq: ModuleType, policy: str) ->
     dirty: list[Any] = []
     assert [q.push(f, dirty) for f in frames(3)] == [True, True, True]
     assert q.paused and len(q) == 1 and q.transport.writes == [b"f0|f1|"]
-    assert q.stats.as_dict() == sq.DropStats().as_dict()
+    assert q.stats.drops_by_reason() == sq.SendStats().drops_by_reason()
     assert not q.overflow
 
 
@@ -281,7 +283,7 @@ def test_duck_typed_stats(sq: ModuleType) -> None:
 
 
 def test_fanout_and_flush_dirty(sq: ModuleType) -> None:
-    stats = sq.DropStats()
+    stats = sq.SendStats()
     queues = [sq.SendQueue(2, sq.DROP_OLDEST, stats) for _ in range(5)]
     for q in queues:
         q.transport = Transport(q)
@@ -292,8 +294,9 @@ def test_fanout_and_flush_dirty(sq: ModuleType) -> None:
     assert sq.fanout(b"e2", iter(queues), dirty) == 4  # any iterable
     assert sorted(map(id, dirty)) == sorted(id(q) for i, q in enumerate(queues) if i != 1)
     assert stats.socket_closed == 2
-    assert sq.flush_dirty(dirty) == 3  # queues written: the paused one writes nothing
+    sq.flush_dirty(dirty)
     assert dirty == []
+    assert stats.writes == 3  # one per queue written: the paused one writes nothing
     for i, q in enumerate(queues):
         assert q.transport.writes == ([] if i in (1, 2) else [b"e1e2"])
     assert len(queues[2]) == 2 and not queues[2].dirty
@@ -303,19 +306,22 @@ def test_fanout_duck_typed_queues(sq: ModuleType) -> None:
     class Fake:
         def __init__(self) -> None:
             self.got: list[bytes] = []
+            self.flushed = False
 
         def push(self, frame: bytes, dirty: list[Any]) -> bool:
             self.got.append(frame)
             return len(self.got) == 1
 
         def flush(self) -> int:
+            self.flushed = True
             return 7
 
     fakes = [Fake(), Fake()]
     real = make(sq)
     assert sq.fanout(b"x", [fakes[0], real, fakes[1]], []) == 3
     assert sq.fanout(b"y", fakes, []) == 0
-    assert sq.flush_dirty([fakes[0], real]) == 2  # each flush that wrote counts once
+    sq.flush_dirty([fakes[0], real])
+    assert fakes[0].flushed and real.transport.writes == [b"x"]
 
 
 def subclass_of(sq: ModuleType) -> type:
@@ -337,7 +343,7 @@ def subclass_of(sq: ModuleType) -> type:
 
 def test_python_subclass_with_slots(sq: ModuleType) -> None:
     Conn = subclass_of(sq)
-    stats = sq.DropStats()
+    stats = sq.SendStats()
     c = Conn("a", 1, sq.CLOSE, stats)
     assert isinstance(c, sq.SendQueue)
     assert c.name == "a" and c.capacity == 1 and c.policy == sq.CLOSE
@@ -373,12 +379,12 @@ def test_subclass_overrides_of_push_and_flush_are_honoured(sq: ModuleType) -> No
             self.flushes = getattr(self, "flushes", 0) + 1
             return int(super().flush())
 
-    q = Tagging(4, sq.DROP_OLDEST, sq.DropStats())
+    q = Tagging(4, sq.DROP_OLDEST, sq.SendStats())
     q.transport = Transport(q)
     dirty: list[Any] = []
     assert sq.fanout(b"a", [q], dirty) == 1
-    assert sq.flush_dirty(dirty) == 1
-    assert q.transport.writes == [b"<a>"] and q.flushes == 1
+    sq.flush_dirty(dirty)
+    assert q.transport.writes == [b"<a>"] and q.flushes == 1 and q.stats.writes == 1
 
 
 def test_dirty_list_may_be_any_appendable(sq: ModuleType) -> None:

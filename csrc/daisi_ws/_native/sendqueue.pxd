@@ -1,11 +1,12 @@
 # C-level interface of daisi_ws._native.sendqueue (see sendqueue.pyx).
 
-cdef class DropStats:
+cdef class SendStats:
     cdef public Py_ssize_t oldest
     cdef public Py_ssize_t newest
     cdef public Py_ssize_t block_timeout
     cdef public Py_ssize_t closed
     cdef public Py_ssize_t socket_closed
+    cdef public Py_ssize_t writes
 
 
 cdef class SendQueue:

@@ -54,8 +54,9 @@ cdef enum:
     C_MIN_RING = 4
 
 
-cdef class DropStats:
-    """Process-wide discard counters, one per SPEC reason label."""
+cdef class SendStats:
+    """Process-wide counters of the send path: discards, one per SPEC reason label, and socket
+    writes (every write of queued frames, whoever triggered it)."""
 
     def __init__(self):
         self.oldest = 0
@@ -63,8 +64,9 @@ cdef class DropStats:
         self.block_timeout = 0
         self.closed = 0
         self.socket_closed = 0
+        self.writes = 0
 
-    def as_dict(self):
+    def drops_by_reason(self):
         return {
             "buffer_full_dropped_oldest": self.oldest,
             "buffer_full_dropped_newest": self.newest,
@@ -74,45 +76,53 @@ cdef class DropStats:
         }
 
 
-# Counter updates: C field increments for a DropStats, attribute arithmetic for anything
+# Counter updates: C field increments for a SendStats, attribute arithmetic for anything
 # else (the pure twin duck-types `stats`, so does this one; None fails the same way).
 cdef inline int _count_oldest(object stats, Py_ssize_t n) except -1:
-    if isinstance(stats, DropStats):
-        (<DropStats>stats).oldest += n
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).oldest += n
     else:
         stats.oldest += n
     return 0
 
 
 cdef inline int _count_newest(object stats, Py_ssize_t n) except -1:
-    if isinstance(stats, DropStats):
-        (<DropStats>stats).newest += n
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).newest += n
     else:
         stats.newest += n
     return 0
 
 
 cdef inline int _count_block_timeout(object stats, Py_ssize_t n) except -1:
-    if isinstance(stats, DropStats):
-        (<DropStats>stats).block_timeout += n
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).block_timeout += n
     else:
         stats.block_timeout += n
     return 0
 
 
 cdef inline int _count_closed(object stats, Py_ssize_t n) except -1:
-    if isinstance(stats, DropStats):
-        (<DropStats>stats).closed += n
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).closed += n
     else:
         stats.closed += n
     return 0
 
 
 cdef inline int _count_socket_closed(object stats, Py_ssize_t n) except -1:
-    if isinstance(stats, DropStats):
-        (<DropStats>stats).socket_closed += n
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).socket_closed += n
     else:
         stats.socket_closed += n
+    return 0
+
+
+cdef inline int _count_write(object stats) except -1:
+    if isinstance(stats, SendStats):
+        (<SendStats>stats).writes += 1
+    else:
+        stats.writes += 1
     return 0
 
 
@@ -267,6 +277,7 @@ cdef class SendQueue:
         self._clear()
         self.full_since = 0.0
         self._send(data)
+        _count_write(self.stats)
         return n
 
     cdef int _send(self, object data) except -1:
@@ -404,9 +415,7 @@ def fanout(frame, queues, dirty):
 
 
 def flush_dirty(dirty):
-    """Flush each dirty queue once (one write per socket) and empty the list. Returns the
-    number of queues that wrote (the pod's socket-writes counter)."""
-    cdef Py_ssize_t writes = 0
+    """Flush each dirty queue once (one write per socket) and empty the list."""
     cdef type t, last_type = None
     cdef bint fast = False
     for q in dirty:
@@ -415,9 +424,7 @@ def flush_dirty(dirty):
             last_type = t
             fast = _uses_base(t, "flush", _FLUSH)
         if fast:
-            if (<SendQueue>q)._flush():
-                writes += 1
-        elif q.flush():
-            writes += 1
+            (<SendQueue>q)._flush()
+        else:
+            q.flush()
     dirty.clear()
-    return writes

@@ -44,10 +44,11 @@ def _direct_socket(transport: Any) -> socket.socket | None:
     return sock
 
 
-class DropStats:
-    """Process-wide discard counters, one per SPEC reason label."""
+class SendStats:
+    """Process-wide counters of the send path: discards, one per SPEC reason label, and socket
+    writes (every write of queued frames, whoever triggered it)."""
 
-    __slots__ = ("block_timeout", "closed", "newest", "oldest", "socket_closed")
+    __slots__ = ("block_timeout", "closed", "newest", "oldest", "socket_closed", "writes")
 
     def __init__(self) -> None:
         self.oldest = 0
@@ -55,8 +56,9 @@ class DropStats:
         self.block_timeout = 0
         self.closed = 0
         self.socket_closed = 0
+        self.writes = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def drops_by_reason(self) -> dict[str, int]:
         return {
             "buffer_full_dropped_oldest": self.oldest,
             "buffer_full_dropped_newest": self.newest,
@@ -87,7 +89,7 @@ class SendQueue:
         "stats",
     )
 
-    def __init__(self, capacity: int, policy: int, stats: DropStats) -> None:
+    def __init__(self, capacity: int, policy: int, stats: SendStats) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         if policy not in (DROP_OLDEST, DROP_NEWEST, BLOCK, CLOSE):
@@ -173,6 +175,7 @@ class SendQueue:
         frames.clear()
         self.full_since = 0.0
         self._send(data)
+        self.stats.writes += 1
         return n
 
     def _send(self, data: bytes) -> None:
@@ -238,12 +241,8 @@ def fanout(frame: bytes, queues: Any, dirty: list[Any]) -> int:
     return delivered
 
 
-def flush_dirty(dirty: list[Any]) -> int:
-    """Flush each dirty queue once (one write per socket) and empty the list. Returns the
-    number of queues that wrote (the pod's socket-writes counter)."""
-    writes = 0
+def flush_dirty(dirty: list[Any]) -> None:
+    """Flush each dirty queue once (one write per socket) and empty the list."""
     for q in dirty:
-        if q.flush():
-            writes += 1
+        q.flush()
     dirty.clear()
-    return writes

@@ -119,7 +119,7 @@ class Connection(hotpath.SendQueue):
         # Socket settings as they were at the upgrade: a reload applies them to later sockets
         # only (SPEC §8.2), so a shorter pong wait never closes a socket pinged less often.
         self.app = settings = gw.settings.app
-        super().__init__(settings.websocket_message_buffer_size, gw.drop_policy, gw.drop_stats)
+        super().__init__(settings.websocket_message_buffer_size, gw.drop_policy, gw.send_stats)
         self.gw = gw
         self.proto = proto
         self.kind = kind

@@ -93,7 +93,6 @@ class Hub:
         "log",
         "metrics",
         "registry",
-        "socket_writes",
     )
 
     def __init__(self, registry: Registry, metrics: Metrics, log: Logger, compression_threshold: int) -> None:
@@ -107,9 +106,6 @@ class Hub:
         self._write_delay = 0.0
         self._held: list[Any] = []  # sockets whose events wait for the window's end
         self._window: asyncio.Handle | None = None
-        # Writes the flushes made, each carrying every frame then queued for its socket
-        # (dws_websocket_writes_total: frames sent / writes shows what coalescing saves).
-        self.socket_writes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._malformed_logged: dict[str, float] = {}
         self.compression_threshold = compression_threshold
@@ -153,7 +149,7 @@ class Hub:
         dirty, self.dirty = self.dirty, []
         delay = self._write_delay
         if delay <= 0.0:
-            self.socket_writes += hotpath.flush_dirty(dirty)
+            hotpath.flush_dirty(dirty)
             return
         now = self._get_loop().time()
         recent = now - delay
@@ -172,7 +168,7 @@ class Hub:
     def _write_now(self, queues: list[Any], now: float) -> None:
         for q in queues:
             q.last_write = now
-        self.socket_writes += hotpath.flush_dirty(queues)  # empties the list
+        hotpath.flush_dirty(queues)  # empties the list
 
     def _end_window(self) -> None:
         if self._window is not None:

@@ -107,7 +107,7 @@ class Gateway:
         self.pod_id = settings.server.pod_id
         self.registry = Registry()
         self.hub = Hub(self.registry, metrics, log, settings.app.websocket_compression_threshold)
-        self.drop_stats = hotpath.DropStats()
+        self.send_stats = hotpath.SendStats()
         self.http_conns: set[HttpProtocol] = set()
         self.closing: set[Connection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -145,10 +145,10 @@ class Gateway:
 
     # --- metrics read at scrape time ---------------------------------------------------------
     def _drop_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
-        return [("dws_websocket_messages_dropped", (reason,), n) for reason, n in self.drop_stats.as_dict().items()]
+        return [("dws_websocket_messages_dropped", (reason,), n) for reason, n in self.send_stats.drops_by_reason().items()]
 
     def _write_counts(self) -> list[tuple[str, tuple[str, ...], float]]:
-        return [("dws_websocket_writes", (), self.hub.socket_writes)]
+        return [("dws_websocket_writes", (), self.send_stats.writes)]
 
     def _buffer_used(self) -> float:
         return float(sum(len(c) for c in self.registry.all))
